@@ -1,0 +1,45 @@
+# The two commands: `make lab` opens the course, `make test` checks all of it.
+# Both create .venv on first use; see the README for GPU nodes and other machines.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.minidp-installed
+# One thread per process: the tests and notebooks start 2-3 worker processes on 2 cores.
+export OMP_NUM_THREADS ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: lab test test-fast lint format bench clean
+
+$(STAMP): pyproject.toml scripts/install_torch.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) scripts/install_torch.py
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb --notebook-dir=notebooks
+
+# Every test, then every notebook through nbval (lax: each cell must run; assert cells check).
+test: lint
+	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-cell-timeout=120
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) -m minidp.bench allreduce
+	$(PY) -m minidp.bench ddp
+	$(PY) -m minidp.bench train
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

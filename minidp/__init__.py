@@ -1,0 +1,6 @@
+"""minidp: data-parallel training from send/recv to a GPT trainer. See README.md for the map."""
+
+from minidp import collectives
+from minidp.launch import DistEnv, WorkerError, launch, read_env, setup_distributed
+
+__all__ = ["DistEnv", "WorkerError", "collectives", "launch", "read_env", "setup_distributed"]

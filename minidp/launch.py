@@ -1,0 +1,271 @@
+"""Start worker processes, and read the distributed environment in one place.
+
+Two ways to run the same worker code:
+
+    # from a notebook cell, a test or a script: N processes on this machine, gloo on CPU
+    results = minidp.launch(fn, 2, x, y)        # fn(x, y) on ranks 0 and 1, returns [r0, r1]
+
+    # on a cluster: torchrun starts the processes and sets RANK, LOCAL_RANK, WORLD_SIZE, ...
+    torchrun --nproc-per-node 8 -m minidp.train ...    # which calls setup_distributed()
+
+`launch` forks, so the function may be defined in a notebook cell or in `__main__`, which the
+`spawn` start method cannot pickle. It follows torch.multiprocessing.spawn's error handling (the
+first failing rank's traceback is raised in the caller, the others are ended) and torchrun's
+environment variables, so code written for one runs under the other.
+
+This module is the only place in minidp that reads RANK, LOCAL_RANK and WORLD_SIZE.
+"""
+
+import ctypes
+import multiprocessing as mp
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import wait as wait_any
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job, and what it computes on."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def read_env() -> DistEnv:
+    """The job as torchrun (or `launch`) describes it in the environment; one process if unset."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    # One GPU per local rank with NCCL where GPUs exist; CPU with gloo otherwise. MINIDP_DEVICE=cpu
+    # forces the CPU (a GPU machine running the CPU tests, or `launch`, which forks and so must
+    # not touch CUDA in the parent).
+    want_cpu = os.environ.get("MINIDP_DEVICE", "") == "cpu"
+    if torch.cuda.is_available() and not want_cpu:
+        return DistEnv(rank, local_rank, world_size, torch.device("cuda", local_rank), "nccl")
+    return DistEnv(rank, local_rank, world_size, torch.device("cpu"), "gloo")
+
+
+def setup_distributed(timeout_s: float = 300.0) -> DistEnv:
+    """Join the process group described by the environment (torchrun), if not already in one.
+
+    Under `launch` the group already exists and this only reports it; with no environment at all
+    it returns a world of one without starting a process group.
+    """
+    env = read_env()
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            env.backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=env.device if env.device.type == "cuda" else None,
+        )
+    return env
+
+
+class WorkerError(RuntimeError):
+    """A worker process raised or died; the message holds its rank and traceback."""
+
+    def __init__(self, rank: int, message: str):
+        super().__init__(f"rank {rank} failed:\n{message}")
+        self.rank = rank
+
+
+def _die_with_parent() -> None:
+    # Linux only: the kernel kills this worker if the launching process dies (kill -9, a crashed
+    # kernel), so no worker outlives the notebook that started it. Elsewhere the launcher's
+    # `finally` is the only guard.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _worker(
+    fn: Callable, rank: int, world_size: int, options: dict, out_fd: int, conn, args, kwargs
+) -> None:
+    """Body of one worker process: route output, join the group, run fn, report back."""
+    _die_with_parent()
+    # Everything this process prints, from Python or from C++ (gloo's warnings), goes into a pipe
+    # that the launcher reads and prefixes with the rank. In a notebook the inherited sys.stdout
+    # belongs to the kernel's I/O thread, which does not exist in the forked child.
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = sys.stdout
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when workers stop
+    port = conn.recv()  # the rendezvous store's port, known once every worker is forked
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR=LOOPBACK,
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS=str(options["threads"]),
+        MINIDP_DEVICE="cpu",
+        GLOO_SOCKET_IFNAME="lo",  # loopback only, whatever interfaces the machine has
+    )
+    torch.set_num_threads(options["threads"])
+    try:
+        # The launcher hosts the rendezvous store; each worker connects to it as a client.
+        store = dist.TCPStore(
+            LOOPBACK, port, is_master=False, timeout=timedelta(seconds=options["timeout"])
+        )
+        dist.init_process_group(
+            options["backend"],
+            store=store,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=options["timeout"]),
+        )
+        result = fn(*args, **kwargs)
+        dist.barrier()  # no rank leaves while another still needs it in a collective
+        dist.destroy_process_group()
+        # Plain pickle, not the Connection's own: torch makes multiprocessing send tensors as
+        # shared-memory handles, which break once this process exits.
+        conn.send_bytes(pickle.dumps(("ok", result)))
+    except BaseException:
+        conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+    finally:
+        sys.stdout.flush()
+        conn.close()
+
+
+def _pump_output(fds: dict[int, int], sink) -> None:
+    """Copy each worker's output to `sink` line by line, prefixed with its rank, until all close."""
+    partial = {fd: b"" for fd in fds}
+    while partial:
+        ready, _, _ = select.select(list(partial), [], [])
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
+            else:  # end of file: the worker (and any children it started) have exited
+                rest = partial.pop(fd)
+                lines = [rest] if rest else []
+                os.close(fd)
+            for line in lines:
+                sink.write(f"[rank {fds[fd]}] {line.decode(errors='replace')}\n")
+            if lines:
+                sink.flush()
+
+
+def _stop(procs: list) -> None:
+    """End every worker still running: SIGTERM, then SIGKILL for any that ignore it."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=2)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def launch(
+    fn: Callable,
+    world_size: int,
+    *args: Any,
+    timeout: float = 60.0,
+    threads: int = 1,
+    backend: str = "gloo",
+    **kwargs: Any,
+) -> list:
+    """Run fn(*args, **kwargs) on `world_size` CPU processes and return their results in rank order.
+
+    Args:
+        timeout: seconds a collective (or the rendezvous) may wait before it fails.
+        threads: torch threads per worker; one suits a laptop running 2-4 workers.
+        backend: the process group's backend; gloo is the one that runs on CPUs.
+
+    Raises WorkerError with the traceback of the first rank that fails; the others are ended.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    if "fork" not in mp.get_all_start_methods():
+        raise RuntimeError(
+            "minidp.launch needs the 'fork' start method (Linux, macOS, WSL); on native Windows "
+            "use WSL, or put the worker code in a script and run it with torchrun."
+        )
+    ctx = mp.get_context("fork")
+    options = {"timeout": timeout, "threads": threads, "backend": backend}
+    procs, conns, out_fds, store = [], {}, {}, None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        for rank in range(world_size):
+            read_fd, write_fd = os.pipe()
+            conn, worker_conn = ctx.Pipe()
+            worker_args = (fn, rank, world_size, options, write_fd, worker_conn, args, kwargs)
+            # Not a daemon: daemonic processes may not start processes of their own (a DataLoader).
+            p = ctx.Process(target=_worker, args=worker_args, name=f"minidp-rank{rank}")
+            p.start()
+            os.close(write_fd)  # the worker holds the only write end, so EOF means it is gone
+            worker_conn.close()
+            procs.append(p)
+            conns[conn] = rank
+            out_fds[read_fd] = rank
+        # The store starts only now: forking while its server thread runs could copy a held lock
+        # into a child and hang it. Port 0 lets the OS pick a free port, so launches never collide.
+        store = dist.TCPStore(LOOPBACK, 0, world_size, is_master=True, wait_for_workers=False)
+        for conn in conns:
+            conn.send(store.port)
+        pump = threading.Thread(target=_pump_output, args=(out_fds, sys.stdout), daemon=True)
+        pump.start()
+        return _collect(procs, conns, pump)
+    finally:
+        _stop(procs)
+        del store
+
+
+def _collect(procs: list, conns: dict, pump: threading.Thread) -> list:
+    """Wait for each worker's report; on the first failure raise it (the caller ends the rest)."""
+    results: list = [None] * len(procs)
+    pending = dict(conns)
+    while pending:
+        for conn in wait_any(list(pending)):
+            rank = pending.pop(conn)
+            try:
+                status, payload = pickle.loads(conn.recv_bytes())
+            except EOFError:  # died without a word: a signal, os._exit, or a crash in C++
+                procs[rank].join(timeout=5)
+                status, payload = "error", _describe_exit(procs[rank].exitcode)
+            if status == "error":
+                _stop(procs)
+                pump.join(timeout=2)  # let the failing rank's last lines reach the caller
+                raise WorkerError(rank, payload)
+            results[rank] = payload
+    for p in procs:
+        p.join()
+    pump.join(timeout=5)
+    return results
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"the worker process was killed by signal {signal.Signals(-code).name}"
+    return f"the worker process exited with code {code} without reporting a result"

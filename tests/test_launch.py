@@ -1,0 +1,151 @@
+"""minidp.launch: results, errors, hangs, interrupts, output, and nothing left running."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+import torch
+import torch.distributed as dist
+
+import minidp
+from minidp import WorkerError, launch, read_env
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """After every test, this process has no child processes left."""
+    yield
+    deadline = time.monotonic() + 5
+    while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psutil.Process().children(recursive=True) == []
+
+
+def test_results_in_rank_order_with_args_and_a_closure():
+    offset = 10  # a closure over a local: fork runs it, spawn could not pickle it
+
+    def work(scale, *, shift):
+        x = torch.tensor([float(dist.get_rank())])
+        dist.all_reduce(x)
+        return (dist.get_rank(), dist.get_world_size(), x.item() * scale + shift + offset)
+
+    assert launch(work, 3, 2.0, shift=1) == [(r, 3, 3 * 2.0 + 1 + 10) for r in range(3)]
+
+
+def test_world_of_one():
+    assert launch(lambda: dist.get_world_size(), 1) == [1]
+
+
+def test_environment_matches_torchrun():
+    env = launch(lambda: read_env(), 2)
+    assert [(e.rank, e.local_rank, e.world_size, e.backend) for e in env] == [
+        (0, 0, 2, "gloo"),
+        (1, 1, 2, "gloo"),
+    ]
+
+
+def test_one_thread_per_worker_unless_told():
+    assert launch(torch.get_num_threads, 2) == [1, 1]
+    assert launch(torch.get_num_threads, 2, threads=2) == [2, 2]
+
+
+def test_output_is_prefixed_by_rank(capsys):
+    launch(lambda: print(f"hello from {dist.get_rank()}"), 2)
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == ["[rank 0] hello from 0", "[rank 1] hello from 1"]
+
+
+def _fails_on_rank_one():
+    if dist.get_rank() == 1:
+        raise ValueError("boom on purpose")
+    dist.barrier()  # rank 0 would wait here forever if nobody ended it
+
+
+def test_a_raising_worker_raises_in_the_caller_with_its_traceback():
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        launch(_fails_on_rank_one, 3, timeout=60)
+    assert time.monotonic() - start < 10
+    assert info.value.rank == 1
+    assert "ValueError: boom on purpose" in str(info.value)
+    assert "_fails_on_rank_one" in str(info.value)  # the worker's own traceback
+    assert launch(lambda: dist.get_rank(), 2) == [0, 1]  # and the next launch works at once
+
+
+def _hangs():
+    if dist.get_rank() == 1:
+        time.sleep(120)  # never joins the all-reduce
+    dist.all_reduce(torch.ones(1))
+
+
+def test_a_hung_collective_times_out():
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="Timed out|timed out|Timeout"):
+        launch(_hangs, 2, timeout=2)
+    assert time.monotonic() - start < 15
+
+
+def test_a_worker_killed_by_a_signal_is_reported():
+    def die():
+        if dist.get_rank() == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(120)
+
+    with pytest.raises(WorkerError, match="SIGKILL"):
+        launch(die, 2)
+
+
+def test_interrupting_the_caller_ends_the_workers():
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        launch(time.sleep, 2, 120)
+    timer.cancel()
+
+
+def test_an_unpicklable_result_is_an_error_not_a_hang():
+    with pytest.raises(WorkerError, match="pickle"):
+        launch(lambda: threading.Lock(), 2)
+
+
+def test_bad_world_size():
+    with pytest.raises(ValueError, match="world_size"):
+        launch(print, 0)
+
+
+WORKER_SCRIPT = """
+import torch, torch.distributed as dist
+from minidp import setup_distributed
+from minidp.collectives import ring_all_reduce
+
+env = setup_distributed(timeout_s=30)
+x = torch.full((5,), float(env.rank + 1))
+ring_all_reduce(x)
+print(f"rank {env.rank}/{env.world_size} {env.backend} sum={x[0].item()}")
+dist.destroy_process_group()
+"""
+
+
+def test_the_same_worker_code_runs_under_torchrun(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER_SCRIPT))
+    # --standalone: a rendezvous on a free loopback port, never a fixed MASTER_PORT.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MINIDP_DEVICE="cpu")
+    out = subprocess.run(cmd + [str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "rank 0/2 gloo sum=3.0" in out.stdout
+    assert "rank 1/2 gloo sum=3.0" in out.stdout
+
+
+def test_read_env_without_torchrun(monkeypatch):
+    for name in ["RANK", "LOCAL_RANK", "WORLD_SIZE"]:
+        monkeypatch.delenv(name, raising=False)
+    env = minidp.read_env()
+    assert (env.rank, env.local_rank, env.world_size, env.is_main) == (0, 0, 1, True)

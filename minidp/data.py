@@ -1,0 +1,128 @@
+"""Data: a corpus that ships with Python, a byte tokenizer, and batches as pure functions.
+
+    tokens = load_tokens()                     # or load_tokens("my_book.txt")
+    x, y = get_batch(tokens, step=7, seed=0, batch_size=16, block_size=128, rank=1, world_size=2)
+
+Nothing is downloaded. The default corpus is the Python Language Reference as it ships inside
+every CPython installation (`pydoc_data.topics`, the text `help()` shows), so it is the same on
+every machine with the same Python version.
+
+Data parallelism rests on one property here: the global batch of step s depends only on (seed, s),
+and rank r of K takes rows [r B/K, (r+1) B/K) of it. K ranks together therefore see exactly the
+batch one process would, and a resumed run sees exactly what an uninterrupted one would have.
+The learner's linear-regression data lives here too (`linear_data`).
+"""
+
+import ast
+import functools
+import sysconfig
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+VOCAB_SIZE = 256  # one token per byte: no tokenizer to train or download
+
+
+def encode(text: str) -> Tensor:
+    """UTF-8 bytes as token ids, (n,) uint8."""
+    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8)
+
+
+def decode(ids: Tensor | list[int]) -> str:
+    """Token ids back to text; a multi-byte character cut in half becomes U+FFFD."""
+    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+@functools.cache
+def default_corpus() -> str:
+    """The Python Language Reference (about 0.5 MB), or the stdlib's docstrings if it is missing."""
+    try:
+        from pydoc_data.topics import topics  # stripped from some minimal Python builds
+
+        return "\n\n".join(topics[key] for key in sorted(topics))
+    except ImportError:
+        return _stdlib_docstrings()
+
+
+def _stdlib_docstrings(limit: int = 1 << 20) -> str:
+    """Module, class and function docstrings of the standard library, in file order."""
+    root, parts, size = Path(sysconfig.get_paths()["stdlib"]), [], 0
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+                doc = ast.get_docstring(node)
+                if doc:
+                    parts.append(doc)
+                    size += len(doc)
+        if size >= limit:
+            break
+    return "\n\n".join(parts)
+
+
+def load_tokens(path: str | Path | None = None) -> Tensor:
+    """All tokens of a text file, or of the default corpus; (n,) uint8."""
+    if path is None:
+        return encode(default_corpus())
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file at {path}")
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+def split(tokens: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """(train, val): the last val_fraction of the text is held out."""
+    cut = int(len(tokens) * (1 - val_fraction))
+    return tokens[:cut], tokens[cut:]
+
+
+def global_batch(
+    tokens: Tensor, step: int, seed: int, batch_size: int, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """The whole batch of step `step`: inputs and next-token targets, each (batch_size, block_size).
+
+    A pure function of (seed, step): its own generator, never the global random state.
+    """
+    if len(tokens) <= block_size + 1:
+        raise ValueError(f"{len(tokens)} tokens are too few for blocks of {block_size}")
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=g)
+    rows = torch.stack([tokens[s : s + block_size + 1] for s in starts.tolist()]).long()
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each; y is x shifted by 1
+
+
+def rank_slice(batch: Tensor, rank: int, world_size: int) -> Tensor:
+    """Rank `rank`'s contiguous share of a global batch: rows [r B/K, (r+1) B/K)."""
+    if len(batch) % world_size:
+        raise ValueError(f"a batch of {len(batch)} does not divide among {world_size} ranks")
+    per_rank = len(batch) // world_size
+    return batch[rank * per_rank : (rank + 1) * per_rank]
+
+
+def get_batch(
+    tokens: Tensor,
+    step: int,
+    seed: int,
+    batch_size: int,
+    block_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """This rank's inputs and targets for step `step`: (batch_size // world_size, block_size)."""
+    x, y = global_batch(tokens, step, seed, batch_size, block_size)
+    return rank_slice(x, rank, world_size), rank_slice(y, rank, world_size)
+
+
+def linear_data(
+    m: int = 100, theta: tuple[float, ...] = (1.0, 2.0), noise: float = 0.5, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """m noisy points of y = theta_0 + theta_1 x_1 + ...: (X with a ones column (m, n), y (m,))."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.rand(m, len(theta) - 1, generator=g) * 4 - 2  # x in [-2, 2)
+    X = torch.cat([torch.ones(m, 1), features], dim=1)
+    y = X @ torch.tensor(theta) + noise * torch.randn(m, generator=g)
+    return X, y

@@ -31,6 +31,45 @@ def mse_grad(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
     return X.T @ (X @ theta - y) / len(y)
 
 
+def gradient_descent(
+    theta: Tensor,
+    X: Tensor,
+    y: Tensor,
+    lr: float,
+    steps: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """The path of theta := theta - lr * grad J(theta): (steps + 1, n), the start included.
+
+    With batch_size, each step's gradient comes from batch_size examples drawn at random without
+    replacement (mini-batch SGD), from a generator of its own so the path depends only on seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    path = [theta.clone()]
+    for _ in range(steps):
+        if batch_size is None:
+            grad = mse_grad(theta, X, y)
+        else:
+            rows = torch.randperm(len(y), generator=g)[:batch_size]
+            grad = mse_grad(theta, X[rows], y[rows])
+        theta = theta - lr * grad  # a new tensor: the path keeps every step, not K views of one
+        path.append(theta)
+    return torch.stack(path)
+
+
+def average_gradients(grads: list[Tensor], sizes: list[int] | None = None) -> Tensor:
+    """The full batch's gradient from K shards' mean-loss gradients: sum_k (m_k / m) grad_k.
+
+    With equal shards (sizes None) the weights are all 1/K, the plain mean. With unequal shards the
+    plain mean would weigh an example of a small shard more than one of a large shard.
+    """
+    if sizes is None:
+        return torch.stack(grads).mean(dim=0)
+    weights = torch.tensor(sizes, dtype=grads[0].dtype) / sum(sizes)  # m_k / m, (K,)
+    return (weights[:, None] * torch.stack(grads)).sum(dim=0)  # (K, 1) * (K, n) -> (n,)
+
+
 class LinearRegression(nn.Module):
     """h_theta(X) = X theta as a module, so that DDP and optimizers can train it."""
 
@@ -40,6 +79,20 @@ class LinearRegression(nn.Module):
 
     def forward(self, X: Tensor) -> Tensor:
         return X @ self.theta
+
+
+# ---- Cross-entropy: the loss of next-token prediction, written out (the GPT uses torch's).
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """-1/N sum_n log softmax(logits_n)[targets_n], for logits (N, V) and integer targets (N,).
+
+    log softmax(z)_v = z_v - log sum_u exp(z_u), and logsumexp subtracts max(z) before exp:
+    a softmax computed first and logged after overflows to inf/nan once a float32 logit passes 88.
+    """
+    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # (N, V)
+    picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)  # (N,): log p of each target
+    return -picked.mean()
 
 
 # ---- GPT

@@ -118,11 +118,20 @@ def get_batch(
 
 
 def linear_data(
-    m: int = 100, theta: tuple[float, ...] = (1.0, 2.0), noise: float = 0.5, seed: int = 0
+    m: int = 100,
+    theta: tuple[float, ...] = (1.0, 2.0),
+    noise: float = 0.5,
+    seed: int = 0,
+    x_range: tuple[float, float] = (-2.0, 2.0),
 ) -> tuple[Tensor, Tensor]:
-    """m noisy points of y = theta_0 + theta_1 x_1 + ...: (X with a ones column (m, n), y (m,))."""
+    """m noisy points of y = theta_0 + theta_1 x_1 + ...: (X with a ones column (m, n), y (m,)).
+
+    Features are uniform in x_range. A range away from 0, such as (0, 3), couples theta_0 and
+    theta_1: the loss becomes a long tilted valley, where the learning rate matters more.
+    """
     g = torch.Generator().manual_seed(seed)
-    features = torch.rand(m, len(theta) - 1, generator=g) * 4 - 2  # x in [-2, 2)
+    low, high = x_range
+    features = torch.rand(m, len(theta) - 1, generator=g) * (high - low) + low  # (m, n - 1)
     X = torch.cat([torch.ones(m, 1), features], dim=1)
     y = X @ torch.tensor(theta) + noise * torch.randn(m, generator=g)
     return X, y

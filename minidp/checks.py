@@ -14,10 +14,19 @@ which tries the learner's function on several inputs and recognises typical wron
 computing them too.
 """
 
+import multiprocessing
+import os
+import platform
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from minidp import data, model
 
 CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not attempted"
 
@@ -115,4 +124,305 @@ def compare(
 
 
 def _cloned(args: tuple) -> tuple:
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    return tuple(_clone(a) for a in args)
+
+
+def _clone(a):
+    # Lists too: a learner scaling a list of gradients in place must not corrupt the reference's.
+    if isinstance(a, torch.Tensor):
+        return a.clone()
+    if isinstance(a, list | tuple):
+        return type(a)(_clone(x) for x in a)
+    return a
+
+
+# ---- 00 welcome: is this machine ready for the course? And a first exercise, to meet the checks.
+
+
+@dataclass(frozen=True)
+class Requirement:
+    what: str
+    ok: bool
+    detail: str  # what was found, or what to do about it
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Environment:
+    requirements: list[Requirement]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every required item is there (optional ones, like a GPU, do not count)."""
+        return all(r.ok for r in self.requirements if r.required)
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{'✅' if r.ok else '❌' if r.required else '➖'} {r.what}: {r.detail}"
+            for r in self.requirements
+        )
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{self}</pre>"
+
+
+def _package(name: str, minimum: tuple[int, int], purpose: str) -> Requirement:
+    """An installed package at `minimum` version or newer; its version, or how to get it."""
+    what = f"{name} ≥ {minimum[0]}.{minimum[1]}"
+    try:
+        found = version(name)
+    except PackageNotFoundError:
+        return Requirement(what, False, f"missing ({purpose}): pip install {name}")
+    ok = tuple(int(p) for p in found.split(".")[:2] if p.isdigit()) >= minimum
+    return Requirement(what, ok, found if ok else f"{found} is too old: pip install -U {name}")
+
+
+def _memory_gb() -> float | None:
+    try:  # total physical memory (Linux, macOS); a container's own limit may be lower
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_environment() -> Environment:
+    """What the course needs on this machine, each item found or missing, saying what to do."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = _memory_gb()
+    gpu = torch.cuda.is_available()
+    gloo = dist.is_available() and dist.is_gloo_available()
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    return Environment(
+        [
+            Requirement("Python ≥ 3.10", sys.version_info >= (3, 10), platform.python_version()),
+            _package("torch", (2, 4), "the course runs on it"),
+            Requirement("gloo", gloo, "torch.distributed's CPU backend, which the workers use"),
+            Requirement("fork", fork, "minidp.launch forks its workers; on Windows use WSL 2"),
+            Requirement("CPU cores", bool(cores), f"{cores}; with 2 or more, workers run at once"),
+            Requirement(
+                "memory ≥ 1.5 GB",
+                memory is None or memory >= 1.5,
+                "unknown" if memory is None else f"{memory:.1f} GB",
+            ),
+            _package("matplotlib", (3, 7), "it draws the figures"),
+            _package("ipywidgets", (8, 0), "it draws the sliders"),
+            Requirement(
+                "GPU",
+                gpu,
+                torch.cuda.get_device_name()
+                if gpu
+                else "none, and none is needed: all runs on CPU",
+                required=False,
+            ),
+        ]
+    )
+
+
+@checker("00.mean")
+def _check_mean(fn: Callable) -> CheckResult:
+    cases = [(torch.tensor([1.0, 2.0, 6.0]),), (torch.arange(10.0) ** 2,)]
+    mistakes = [
+        (lambda x: x.sum(), "that is the sum: divide it by the number of entries"),
+        (lambda x: x.sum() / (len(x) - 1), "divide by the number of entries n, not n - 1"),
+    ]
+    return compare("00.mean", fn, lambda x: x.mean(), cases, mistakes)
+
+
+# ---- 01 loss
+
+
+def _linear_cases() -> list[tuple]:
+    """(theta, X, y) of a few sizes; m is never 2, where forgetting 1/m and 1/2 would agree."""
+    cases = []
+    for m, n, seed in ((7, 2, 1), (12, 3, 2), (30, 2, 3)):
+        g = torch.Generator().manual_seed(seed)
+        X, y = data.linear_data(m, theta=tuple(torch.randn(n, generator=g).tolist()), seed=seed)
+        cases.append((torch.randn(n, generator=g), X, y))
+    return cases
+
+
+@checker("01.mse")
+def _check_mse(fn: Callable) -> CheckResult:
+    r = lambda theta, X, y: X @ theta - y  # residuals, (m,)
+    mistakes = [
+        (lambda t, X, y: (r(t, X, y) ** 2).sum() / 2, "J is a mean: divide by m as well"),
+        (lambda t, X, y: (r(t, X, y) ** 2).mean(), "J has a factor 1/2 in front of the mean"),
+        (lambda t, X, y: (r(t, X, y) ** 2).sum(), "divide the sum of squares by 2m"),
+        (
+            lambda t, X, y: (r(t, X, y) ** 2).sum() / 2 * len(y),
+            "`/ 2 * m` multiplies by m: write `/ (2 * m)`",
+        ),
+        (lambda t, X, y: r(t, X, y).mean() / 2, "square each residual before averaging"),
+    ]
+    return compare("01.mse", fn, model.mse_loss, _linear_cases(), mistakes)
+
+
+def _token_cases() -> list[tuple]:
+    """(logits (N, V), targets (N,)); the last has logits in the hundreds, where exp overflows."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(5, 7, generator=g), torch.randint(7, (5,), generator=g)),
+        (3 * torch.randn(12, 256, generator=g), torch.randint(256, (12,), generator=g)),
+        (200 * torch.randn(6, 9, generator=g), torch.randint(9, (6,), generator=g)),
+    ]
+
+
+@checker("01.cross_entropy")
+def _check_cross_entropy(fn: Callable) -> CheckResult:
+    pick = lambda values, t: values.gather(-1, t[:, None]).squeeze(-1)  # each row's target entry
+    log_p = lambda z: z.log_softmax(-1)
+    mistakes = [
+        (lambda z, t: pick(log_p(z), t).mean(), "the loss is -log p: you forgot the minus sign"),
+        (lambda z, t: -pick(log_p(z), t).sum(), "average over the N positions instead of summing"),
+        (lambda z, t: -pick(z.log_softmax(0), t).mean(), "normalise over the vocabulary: dim=-1"),
+        (lambda z, t: -pick(z.softmax(-1), t).mean(), "take the log of the probability"),
+        (lambda z, t: -pick(z, t).mean(), "turn logits into log-probabilities: z - logsumexp(z)"),
+        (lambda z, t: -log_p(z).mean(), "use only each row's target entry, not every entry"),
+        (
+            lambda z, t: -pick(z.exp() / z.exp().sum(-1, keepdim=True), t).log().mean(),
+            "exp overflows for large logits: use z - torch.logsumexp(z, dim=-1, keepdim=True)",
+        ),
+        (
+            lambda z, t: -pick(z.softmax(-1), t).log().mean(),
+            "log(softmax) gives log(0) = -inf for large logits: use z - logsumexp(z)",
+        ),
+    ]
+    return compare("01.cross_entropy", fn, model.cross_entropy, _token_cases(), mistakes)
+
+
+# ---- 02 gradient descent
+
+
+@checker("02.mse_grad")
+def _check_mse_grad(fn: Callable) -> CheckResult:
+    g = lambda theta, X, y: X.T @ (X @ theta - y)  # the sum over examples, (n,)
+    mistakes = [
+        (lambda t, X, y: g(t, X, y), "J is a mean, so its gradient has a factor 1/m"),
+        (lambda t, X, y: 2 * g(t, X, y) / len(y), "the 1/2 in J cancels the 2 from the square"),
+        (lambda t, X, y: -g(t, X, y) / len(y), "sign error: the residual is h(x) - y"),
+        (lambda t, X, y: g(t, X, y) / (2 * len(y)), "the 2 from the square cancels J's 1/2"),
+    ]
+    return compare("02.mse_grad", fn, model.mse_grad, _linear_cases(), mistakes)
+
+
+@checker("02.gd_step")
+def _check_gd_step(fn: Callable) -> CheckResult:
+    step = lambda t, X, y, lr: t - lr * model.mse_grad(t, X, y)
+    grad = lambda t, X, y, lr: model.mse_grad(t, X, y)
+    mistakes = [
+        (lambda t, X, y, lr: t + lr * grad(t, X, y, lr), "step against the gradient: θ - α ∇J"),
+        (lambda t, X, y, lr: t - grad(t, X, y, lr), "multiply the gradient by the learning rate"),
+        (lambda t, X, y, lr: lr * grad(t, X, y, lr), "return the new θ, not the step α ∇J"),
+        (grad, "return the new θ = θ - α ∇J, not the gradient"),
+    ]
+    cases = [(*case, lr) for case, lr in zip(_linear_cases(), (0.1, 0.05, 0.3), strict=True)]
+    return compare("02.gd_step", fn, step, cases, mistakes)
+
+
+@checker("02.gradient_descent")
+def _check_gradient_descent(fn: Callable) -> CheckResult:
+    path = model.gradient_descent
+    mistakes = [
+        (lambda t, X, y, lr, s: path(t, X, y, lr, s)[1:], "include the start: steps + 1 rows"),
+        (lambda t, X, y, lr, s: path(t, X, y, lr, s + 1), "that is one step too many"),
+        (lambda t, X, y, lr, s: path(t, X, y, lr, s)[-1], "return the whole path, not the end"),
+        (
+            lambda t, X, y, lr, s: path(t, X, y, lr, s)[-1].expand(s + 1, -1),
+            "every row is the last θ: you updated θ in place after storing it; store a copy",
+        ),
+        (lambda t, X, y, lr, s: path(t, X, y, -lr, s), "step against the gradient: θ - α ∇J"),
+    ]
+    lrs, steps = (0.1, 0.05, 0.2), (5, 3, 8)
+    cases = [(*case, lrs[i], steps[i]) for i, case in enumerate(_linear_cases())]
+    return compare("02.gradient_descent", fn, path, cases, mistakes)
+
+
+# ---- 03 gradient averaging
+
+
+def _worker_grads(theta: Tensor, X: Tensor, y: Tensor, K: int) -> list[Tensor]:
+    """Each of K workers' gradient on its shard, rows [r m/K, (r+1) m/K) of (X, y)."""
+    shard = lambda t, r: data.rank_slice(t, r, K)
+    return [model.mse_grad(theta, shard(X, r), shard(y, r)) for r in range(K)]
+
+
+def _sharded_cases() -> list[tuple]:
+    """(theta, X, y, K) with m divisible by K; K * K is never m, so /K twice and /m differ."""
+    _, m12, m30 = _linear_cases()  # (theta, X, y) with m = 12 and m = 30
+    return [(*m12, 3), (*m30, 5), (*m30, 2)]
+
+
+@checker("03.worker_grads")
+def _check_worker_grads(fn: Callable) -> CheckResult:
+    mistakes = [
+        (
+            lambda t, X, y, K: [model.mse_grad(t, X[r::K], y[r::K]) for r in range(K)],
+            "rank r takes the contiguous rows [r m/K, (r+1) m/K), as minidp.data.rank_slice does",
+        ),
+        (
+            lambda t, X, y, K: [g / K for g in _worker_grads(t, X, y, K)],
+            "each worker's loss is the mean over its own m/K examples: divide by m/K, not m",
+        ),
+        (
+            lambda t, X, y, K: [g * len(y) / K for g in _worker_grads(t, X, y, K)],
+            "each worker's loss is a mean, not a sum: divide by its m/K examples",
+        ),
+        (
+            lambda t, X, y, K: [model.mse_grad(t, X, y)] * K,
+            "each worker sees only its shard of the data, not all of it",
+        ),
+    ]
+    return compare("03.worker_grads", fn, _worker_grads, _sharded_cases(), mistakes)
+
+
+@checker("03.weighted_average")
+def _check_weighted_average(fn: Callable) -> CheckResult:
+    g = torch.Generator().manual_seed(3)
+    cases = [
+        ([torch.randn(2, generator=g) for _ in range(3)], [2, 5, 9]),
+        ([torch.randn(3, generator=g) for _ in range(4)], [10, 30, 60, 20]),
+        ([torch.randn(2, generator=g) for _ in range(2)], [4, 4]),
+    ]
+    weighted_sum = lambda grads, sizes: sum(m * gk for m, gk in zip(sizes, grads, strict=True))
+    mistakes = [
+        (
+            lambda grads, sizes: torch.stack(grads).mean(0),
+            "a plain mean treats unequal shards alike: weight shard k by m_k / m",
+        ),
+        (weighted_sum, "divide by the total number of examples m = sum of the m_k"),
+        (lambda grads, sizes: sum(grads), "that is a sum: weight each shard by m_k / m"),
+        (
+            lambda grads, sizes: weighted_sum(grads, sizes) / (sum(sizes) * len(sizes)),
+            "the weights m_k / m already sum to 1: do not also divide by K",
+        ),
+    ]
+    return compare("03.weighted_average", fn, model.average_gradients, cases, mistakes)
+
+
+@checker("03.dp_step")
+def _check_dp_step(fn: Callable) -> CheckResult:
+    def stepped(theta, X, y, K, lr, combine):
+        return theta - lr * combine(torch.stack(_worker_grads(theta, X, y, K)), K, len(y))
+
+    reference = lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.mean(0))
+    mistakes = [
+        (
+            lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.sum(0)),
+            "an all-reduce sums the K gradients: divide the sum by K",
+        ),
+        (
+            lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.sum(0) / m),
+            "divide the sum by the number of workers K, not of examples m",
+        ),
+        (
+            lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.mean(0) / K),
+            "you divided by K twice: the mean of the K gradients is already the average",
+        ),
+        (
+            lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G[0]),
+            "that is worker 0's gradient alone: average all K workers' gradients",
+        ),
+        (lambda t, X, y, K, lr: reference(t, X, y, K, -lr), "step against the gradient"),
+        (lambda t, X, y, K, lr: reference(t, X, y, K, 1.0), "multiply by the learning rate"),
+    ]
+    cases = [(*case, lr) for case, lr in zip(_sharded_cases(), (0.1, 0.05, 0.2), strict=True)]
+    return compare("03.dp_step", fn, reference, cases, mistakes)

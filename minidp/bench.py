@@ -1,7 +1,7 @@
 """Benchmarks: ours against torch's, side by side in one run. Not tests.
 
     python -m minidp.bench allreduce     # our all-reduce algorithms vs dist.all_reduce
-    python -m minidp.bench ddp           # our DDP variants vs torch's DDP, on a ~10M GPT
+    python -m minidp.bench ddp           # our DDP variants vs torch's DDP, on a small GPT
     python -m minidp.bench train         # trainer tokens/s at 1 and 2 CPU ranks
 
 Each prints medians over repeats and ratios against torch measured in the same processes, in
@@ -17,8 +17,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from minidp.collectives import ALGORITHMS
+from minidp.collectives import ALGORITHMS, ring_all_reduce
+from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
 from minidp.launch import launch
+from minidp.model import GPT, GPTConfig
 
 SIZES = [4 << 10, 64 << 10, 512 << 10, 4 << 20, 32 << 20]
 
@@ -76,6 +78,77 @@ def allreduce(world_size: int = 2, sizes: list[int] = SIZES, repeats: int = 50) 
     return medians
 
 
+DDP_VARIANTS = {
+    "torch DDP": lambda m: torch.nn.parallel.DistributedDataParallel(m),
+    "bucketed": DistributedDataParallel,
+    "per-parameter": PerParameterDDP,
+    "after-backward": AfterBackwardDDP,
+    "after-backward ring": lambda m: AfterBackwardDDP(m, all_reduce=ring_all_reduce),
+}
+
+
+def _ddp_worker(config: GPTConfig, batch: int, repeats: int) -> dict[str, float]:
+    """Median step time of each DDP variant, of compute alone, and of one process alone."""
+    g = torch.Generator().manual_seed(dist.get_rank())
+    x, y = torch.randint(256, (2, batch, config.block_size), generator=g)
+
+    def make(wrap):
+        torch.manual_seed(0)
+        model = wrap(GPT(config))
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(model, optimizer):
+        optimizer.zero_grad(set_to_none=True)
+        model(x, y)[1].backward()
+        optimizer.step()
+
+    # Each variant gets its own replica: two DDPs on one module would both hook its gradients.
+    runs = {name: make(wrap) for name, wrap in DDP_VARIANTS.items()}
+    compute, solo = make(DistributedDataParallel), make(lambda m: m)
+
+    def compute_only():
+        with compute[0].no_sync():  # the same work on both ranks at once, minus communication
+            step(*compute)
+
+    def one_process():  # rank 0 alone, while rank 1 waits in the barrier (asleep, not spinning)
+        if dist.get_rank() == 0:
+            step(*solo)
+
+    cases = {**{n: (lambda r=r: step(*r)) for n, r in runs.items()}, "compute only": compute_only}
+    cases["1 process"] = one_process
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for i in range(repeats + 2):  # the first two rounds warm up caches and allocators
+        for name, fn in cases.items():
+            t = _timed(fn, 1)
+            if i >= 2:
+                times[name] += t
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ddp(n_layer: int = 6, n_embd: int = 256, batch: int = 8, repeats: int = 20) -> dict:
+    """Step times of our DDP variants and torch's on 2 ranks; prints the table."""
+    config = GPTConfig(block_size=128, n_layer=n_layer, n_head=8, n_embd=n_embd)
+    params = GPT(config).num_params(non_embedding=False)
+    medians = launch(_ddp_worker, 2, config, batch, repeats, timeout=600)[0]
+    torch_time, compute = medians["torch DDP"], medians["compute only"]
+    print(
+        f"DDP step, GPT {n_layer}x{n_embd} ({params / 1e6:.1f}M parameters), sequence 128, "
+        f"{batch} sequences per rank, 2 ranks x 1 thread, AdamW; median of {repeats}"
+    )
+    print(f"{'variant':>20} {'step ms':>9} {'vs torch':>9} {'exposed comm ms':>16} {'scaling':>8}")
+    for name, seconds in medians.items():
+        if name in ("compute only", "1 process"):
+            continue
+        exposed, efficiency = (seconds - compute) * 1e3, medians["1 process"] / seconds
+        print(
+            f"{name:>20} {seconds * 1e3:9.1f} {seconds / torch_time:8.2f}x "
+            f"{exposed:16.1f} {efficiency:8.2f}"
+        )
+    print(f"{'compute only':>20} {compute * 1e3:9.1f}   (no_sync: both ranks compute, no comm)")
+    print(f"{'1 process':>20} {medians['1 process'] * 1e3:9.1f}   (scaling = this / step time)")
+    return medians
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m minidp.bench",
@@ -86,9 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     ar = sub.add_parser("allreduce", help="our all-reduce algorithms vs dist.all_reduce")
     ar.add_argument("--world-size", type=int, default=2, help="worker processes (default 2)")
     ar.add_argument("--repeats", type=int, default=50, help="timed repeats per size (default 50)")
+    dp = sub.add_parser("ddp", help="our DDP variants vs torch's DDP on a GPT, 2 ranks")
+    dp.add_argument("--layers", type=int, default=6, help="transformer blocks (default 6)")
+    dp.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
+    dp.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")
+    dp.add_argument("--repeats", type=int, default=20, help="timed steps per variant (default 20)")
     args = parser.parse_args(argv)
     if args.which == "allreduce":
         allreduce(args.world_size, SIZES, args.repeats)
+    elif args.which == "ddp":
+        ddp(args.layers, args.width, args.batch, args.repeats)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ on Accelerating Data Parallel Training", VLDB 2020): buckets in reverse paramete
 strictly in order on every rank, a small first bucket, an end-of-backward callback.
 """
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -43,11 +44,16 @@ class _DataParallel(nn.Module):
         self.world_size = dist.get_world_size(group)
         self.require_sync = True
         self._callback_queued = False
+        # Set `events = []` to record a timeline: (what, index, time.perf_counter()) tuples, what
+        # being "grad" (parameter index ready), "launch" or "done" (a bucket's all-reduce), or
+        # "backward end". perf_counter is one clock for all processes of a machine (Linux).
+        self.events: list[tuple[str, int, float]] | None = None
         # Parameters as the optimizer sees them: tied weights once, frozen ones not at all.
         self.params = [p for p in module.parameters() if p.requires_grad]
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t, src=self._global_rank(0), group=group)
+        self.index = {p: i for i, p in enumerate(self.params)}  # tensors hash by identity
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._hook)
 
@@ -75,7 +81,12 @@ class _DataParallel(nn.Module):
             # callback on the autograd engine, run once the whole graph has been processed.
             torch.autograd.Variable._execution_engine.queue_callback(self.finish_gradient_sync)
             self._callback_queued = True
+        self._record("grad", self.index[param])
         self._grad_ready(param)
+
+    def _record(self, what: str, index: int) -> None:
+        if self.events is not None:
+            self.events.append((what, index, time.perf_counter()))
 
     def _grad_ready(self, param: Tensor) -> None:
         """A variant's reaction to one ready gradient (nothing, for after-backward)."""
@@ -135,11 +146,14 @@ class AfterBackwardDDP(_DataParallel):
 
     def finish_gradient_sync(self) -> None:
         self._callback_queued = False
+        self._record("backward end", -1)
         if not self.params:
             return
         buffer = torch.empty(_flat_size(self.params), dtype=self.params[0].dtype)
         self._flatten(self.params, buffer)
+        self._record("launch", 0)
         self.all_reduce(buffer, group=self.group)
+        self._record("done", 0)
         self._unflatten(self.params, buffer)
 
 
@@ -185,11 +199,16 @@ class DistributedDataParallel(_DataParallel):
 
     def _launch(self, i: int) -> None:
         self._flatten(self.buckets[i], self.buffers[i])
-        self.works.append(dist.all_reduce(self.buffers[i], group=self.group, async_op=True))
+        self._record("launch", i)
+        work = dist.all_reduce(self.buffers[i], group=self.group, async_op=True)
+        if self.events is not None:  # stamped on gloo's thread the moment the data is summed
+            work.get_future().then(lambda _, i=i: self._record("done", i))
+        self.works.append(work)
         self.next_bucket += 1
 
     def finish_gradient_sync(self) -> None:
         self._callback_queued = False
+        self._record("backward end", -1)
         # Buckets holding a parameter this rank did not use never filled: launch them now, in
         # order, with zeros for the missing gradients.
         while self.next_bucket < len(self.buckets):

@@ -27,6 +27,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from minidp import data, model
+from minidp.launch import WorkerError, launch
+from minidp.parameter_server import batch_indices
 
 CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not attempted"
 
@@ -426,3 +428,351 @@ def _check_dp_step(fn: Callable) -> CheckResult:
     ]
     cases = [(*case, lr) for case, lr in zip(_sharded_cases(), (0.1, 0.05, 0.2), strict=True)]
     return compare("03.dp_step", fn, reference, cases, mistakes)
+
+
+# ---- 04 processes and collectives: checkers that run the learner's function on real processes
+
+
+_SKIPPED = "not attempted"  # what a worker returns when the learner's function is still a stub
+# Seconds a worker may wait for a message (and for the others to start) before the check gives
+# up: short enough that a deadlock is a verdict, not a hung cell; long enough that starting 4
+# processes on a busy 1-core Binder does not time out.
+_TIMEOUT_S = 8.0
+_HANG_HINT = (
+    "with {p} ranks a rank waited {t:g} s for a message that never came. A blocking send waits for "
+    "its matching recv: if every rank sends first, none ever receives (post the receive first "
+    "with dist.irecv, or use dist.isend); and every send needs a recv with the matching rank"
+)
+
+
+def _learner_call(fn: Callable, *args):
+    """Call the learner's fn inside a worker; a stub's NotImplementedError becomes a marker."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        return _SKIPPED
+
+
+def _on_workers(exercise: str, world_size: int, worker: Callable, *args) -> list | CheckResult:
+    """Run worker(*args) on world_size processes: their results, or what a failure means.
+
+    A short timeout turns a learner's deadlock into a verdict in seconds, never a hung cell; a
+    learner's exception is printed as that rank's own traceback before the verdict.
+    """
+    try:
+        results = launch(worker, world_size, *args, timeout=_TIMEOUT_S)
+    except WorkerError as e:
+        if "NotImplementedError" in str(e):
+            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+        # A deadlocked rank times out; its peer may instead see the connection close first.
+        if "timed out" in str(e).lower() or "Connection closed by peer" in str(e):
+            return CheckResult(exercise, INCORRECT, _HANG_HINT.format(p=world_size, t=_TIMEOUT_S))
+        print(e)  # the worker's traceback: the line of the learner's code that failed
+        last = str(e).strip().splitlines()[-1]
+        return CheckResult(exercise, INCORRECT, f"with {world_size} ranks, rank {e.rank}: {last}")
+    if any(isinstance(result, str) and result == _SKIPPED for result in results):
+        return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+    return results
+
+
+def _rank_tensor(rank: int, n: int, seed: int = 0) -> Tensor:
+    """Rank `rank`'s input for a check: n small integers, as floats, so every sum is exact."""
+    g = torch.Generator().manual_seed(1000 * seed + 10 * n + rank)
+    return torch.randint(-9, 10, (n,), generator=g).float()
+
+
+def _judge(exercise: str, got: list, expected: list, mistakes: Sequence[tuple]) -> CheckResult:
+    """Correct if got equals expected; else the hint of the first mistake whose result it equals."""
+    if same(got, expected):
+        return CheckResult(exercise, CORRECT)
+    for wrong, hint in mistakes:
+        if wrong is not None and same(got, wrong):
+            return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, INCORRECT, "compare with the picture above on 3 ranks")
+
+
+def _exchange_worker(fn: Callable, n: int) -> Tensor | str:
+    return _learner_call(fn, _rank_tensor(dist.get_rank(), n))
+
+
+@checker("04.exchange")
+def _check_exchange(fn: Callable) -> CheckResult:
+    for p, n in ((2, 5), (3, 4), (4, 3)):
+        got = _on_workers("04.exchange", p, _exchange_worker, fn, n)
+        if isinstance(got, CheckResult):
+            return got
+        xs = [_rank_tensor(r, n) for r in range(p)]
+        mistakes = [
+            (
+                [xs[(r + 1) % p] for r in range(p)],
+                "you received from the right: the tensors "
+                "move r → r + 1, so send to (r + 1) % p and receive from (r - 1) % p",
+            ),
+            (xs, "each rank returned its own tensor: return the buffer you received into"),
+            (
+                [torch.zeros(n)] * p,
+                "you returned the buffer before the message arrived: "
+                "wait() on the irecv's request first",
+            ),
+        ]
+        result = _judge("04.exchange", got, [xs[(r - 1) % p] for r in range(p)], mistakes)
+        if not result.correct:
+            return result
+    return CheckResult("04.exchange", CORRECT)
+
+
+def _broadcast_worker(fn: Callable, n: int, src: int) -> Tensor | str:
+    x = _rank_tensor(dist.get_rank(), n)
+    return _SKIPPED if _learner_call(fn, x, src) is _SKIPPED else x
+
+
+@checker("04.broadcast")
+def _check_broadcast(fn: Callable) -> CheckResult:
+    for p, n, src in ((3, 4, 0), (3, 5, 2), (2, 3, 1), (4, 2, 1)):
+        got = _on_workers("04.broadcast", p, _broadcast_worker, fn, n, src)
+        if isinstance(got, CheckResult):
+            return got
+        xs = [_rank_tensor(r, n) for r in range(p)]
+        mistakes = [
+            ([xs[0]] * p, "the source is rank `src`, not always rank 0"),
+            (
+                xs,
+                "x is unchanged on the receivers: receive into x itself (dist.recv(x, src)), "
+                "since a broadcast works in place",
+            ),
+        ]
+        result = _judge("04.broadcast", got, [xs[src]] * p, mistakes)
+        if not result.correct:
+            return result
+    return CheckResult("04.broadcast", CORRECT)
+
+
+# ---- 05 parameter server and async
+
+
+def _delayed_sgd(grad: Callable, theta0: Tensor, lr: float, steps: int, s: int) -> Tensor:
+    """theta_{t+1} = theta_t - lr grad(theta_{t-s}, t), reading theta_0 while t < s."""
+    thetas = [theta0]
+    for t in range(steps):
+        thetas.append(thetas[t] - lr * grad(thetas[max(t - s, 0)], t))
+    return torch.stack(thetas)
+
+
+def _stale_base(grad: Callable, theta0: Tensor, lr: float, steps: int, s: int) -> Tensor:
+    thetas = [theta0]  # the mistake: stepping from the stale parameters, not the current ones
+    for t in range(steps):
+        old = thetas[max(t - s, 0)]
+        thetas.append(old - lr * grad(old, t))
+    return torch.stack(thetas)
+
+
+def _linear_grad(seed: int) -> Callable:
+    """grad(theta, t): the gradient of update t's batch of 4 rows of a small linear data set."""
+    X, y = data.linear_data(24, theta=(1.0, -2.0, 0.5), seed=seed)
+
+    def grad(theta: Tensor, t: int) -> Tensor:
+        rows = batch_indices(len(y), t, seed, 4)
+        return model.mse_grad(theta, X[rows], y[rows])
+
+    return grad
+
+
+@checker("05.delayed_sgd")
+def _check_delayed_sgd(fn: Callable) -> CheckResult:
+    cases = [
+        (_linear_grad(1), torch.zeros(3), 0.1, 8, 2),
+        (_linear_grad(2), torch.tensor([0.5, 1.0, -1.0]), 0.05, 10, 3),
+        (_linear_grad(3), torch.zeros(3), 0.1, 6, 0),
+    ]
+    ref = _delayed_sgd
+    mistakes = [
+        (
+            lambda g, th, lr, T, s: ref(g, th, lr, T, 0),
+            "the gradient of update t is taken at "
+            "θ_{t-s}, the parameters of s updates ago, not at the current θ_t",
+        ),
+        (
+            lambda g, th, lr, T, s: ref(g, th, lr, T, s + 1),
+            "off by one: update t reads θ_{t-s}, so with s = 0 it is plain SGD",
+        ),
+        (
+            lambda g, th, lr, T, s: ref(g, th, lr, T, max(s - 1, 0)),
+            "off by one: update t reads θ_{t-s}, so with s = 0 it is plain SGD",
+        ),
+        (
+            _stale_base,
+            "only the gradient is stale: the server applies it to its current θ_t, "
+            "θ_{t+1} = θ_t - α g(θ_{t-s})",
+        ),
+        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[1:], "include θ_0: return steps + 1 rows"),
+        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[-1], "return every θ, (steps + 1, n)"),
+    ]
+    result = compare("05.delayed_sgd", fn, ref, cases, mistakes)
+    if "IndexError" in result.hint:  # thetas[t - s] with t < s: before the list's start
+        hint = "while t < s there is no θ_{t-s}: read θ_0, which every worker starts from"
+        return CheckResult("05.delayed_sgd", INCORRECT, f"{hint} ({result.hint})")
+    return result
+
+
+@checker("05.round_bytes")
+def _check_round_bytes(fn: Callable) -> CheckResult:
+    server = lambda K, n: 2 * K * n
+    ring = lambda K, n: 4 * (K - 1) / K * n
+    cases = [(2, 1000), (3, 600), (4, 4096), (8, 1 << 20)]
+    mistakes = [
+        (
+            lambda K, n: (K * n, ring(K, n)),
+            "the server both receives K gradients and sends K copies of θ: count bytes in and out",
+        ),
+        (
+            lambda K, n: (server(K, n), ring(K, n) / 2),
+            "a ring rank receives as much as it sends: count bytes in and out",
+        ),
+        (lambda K, n: (K * n, ring(K, n) / 2), "count bytes in and out, for both"),
+        (
+            lambda K, n: (server(K, n), 4 * (K - 1) * n),
+            "each ring step moves one chunk of n/K bytes, not the whole tensor",
+        ),
+        (
+            lambda K, n: (server(K, n), 2 * (K - 1) / K * n),
+            "the ring has two phases, "
+            "reduce-scatter and all-gather, each K - 1 steps; count bytes in and out",
+        ),
+        (
+            lambda K, n: (server(K, n), 4 * K / K * n),
+            "a ring of K ranks takes K - 1 steps per phase, not K",
+        ),
+    ]
+    return compare("05.round_bytes", fn, lambda K, n: (server(K, n), ring(K, n)), cases, mistakes)
+
+
+# ---- 06 all-reduce
+
+
+def _ring_rs_simulated(
+    xs: list[Tensor],
+    direction: int = 1,
+    add: bool = True,
+    send_shift: int = 0,
+    into_shift: int = -1,
+) -> list[Tensor] | None:
+    """Every rank's x after p - 1 steps of a ring reduce-scatter, right or wrong, in one process.
+
+    At step s rank r sends chunk (r - s + send_shift) % p to rank r + direction, and adds (or
+    copies) what arrives into chunk (r - s + into_shift) % p. The defaults are the right ring;
+    None where a wrong one would fail on chunks of different sizes.
+    """
+    p, xs = len(xs), [x.clone() for x in xs]
+    for s in range(p - 1):
+        sent = [x.tensor_split(p)[(r - s + send_shift) % p].clone() for r, x in enumerate(xs)]
+        for r, x in enumerate(xs):
+            arrived, into = sent[(r - direction) % p], x.tensor_split(p)[(r - s + into_shift) % p]
+            if arrived.shape != into.shape:
+                return None
+            into.add_(arrived) if add else into.copy_(arrived)
+    return xs
+
+
+def _rs_worker(fn: Callable, n: int) -> Tensor | str:
+    x = _rank_tensor(dist.get_rank(), n, seed=6)
+    return _SKIPPED if _learner_call(fn, x) is _SKIPPED else x
+
+
+def _owned(xs: list[Tensor] | None, shift: int = 1) -> list[Tensor] | None:
+    """Chunk (r + shift) % p of each rank's x: what rank r owns after a reduce-scatter."""
+    if xs is None:
+        return None
+    return [x.tensor_split(len(xs))[(r + shift) % len(xs)] for r, x in enumerate(xs)]
+
+
+_RS_MISTAKES = [
+    (
+        dict(add=False),
+        "you copied what arrived over your chunk: add it to your own values "
+        "instead (chunk += received), which is what makes it a sum",
+    ),
+    (
+        dict(direction=-1),
+        "you sent to the left and received from the right: the ring runs "
+        "r → r + 1, so send to (r + 1) % p and receive from (r - 1) % p",
+    ),
+    (
+        dict(into_shift=0),
+        "wrong chunk: at step s add what arrives into chunk (r - s - 1) % p, "
+        "the one your left neighbour sent, not chunk (r - s) % p that you just sent",
+    ),
+    (
+        dict(send_shift=-1, into_shift=-1),
+        "wrong chunk: at step s send chunk (r - s) % p (your "
+        "own chunk r at step 0) and add what arrives into chunk (r - s - 1) % p",
+    ),
+]
+
+
+@checker("06.ring_reduce_scatter")
+def _check_ring_reduce_scatter(fn: Callable) -> CheckResult:
+    exercise = "06.ring_reduce_scatter"
+    # First sizes p divides, then sizes it does not: a ring right on the first and wrong on the
+    # second has one mistake left, and the hint can name it.
+    cases = [(2, 8), (3, 12), (4, 8), (3, 10), (4, 7), (2, 5), (4, 6)]
+    for p, n in cases:
+        got = _on_workers(exercise, p, _rs_worker, fn, n)
+        if isinstance(got, CheckResult) and got.status == NOT_ATTEMPTED:
+            return got
+        xs = [_rank_tensor(r, n, seed=6) for r in range(p)]
+        expected = _owned([sum(xs)] * p)
+        if not isinstance(got, CheckResult) and same(_owned(got), expected):
+            continue
+        if n % p:  # right on every size p divides: the uneven chunks are what is left
+            why = got.hint if isinstance(got, CheckResult) else "some sums are wrong"
+            return CheckResult(exercise, INCORRECT, _UNEVEN_HINT.format(n=n, p=p, why=why))
+        if isinstance(got, CheckResult):
+            return got
+        if same(got, xs):
+            hint = "x is unchanged: add into the chunks of x itself (x.tensor_split(p) are views)"
+            return CheckResult(exercise, INCORRECT, hint)
+        if same(_owned(got, shift=0), _owned([sum(xs)] * p, shift=0)):
+            hint = (
+                "your ring sums, but rank r ends with chunk r: send your own chunk r at step 0, "
+                "so that rank r ends with chunk (r + 1) % p, where the all-gather starts"
+            )
+            return CheckResult(exercise, INCORRECT, hint)
+        mistakes = [(_owned(_ring_rs_simulated(xs, **how)), hint) for how, hint in _RS_MISTAKES]
+        return _judge(exercise, _owned(got), expected, mistakes)
+    return CheckResult(exercise, CORRECT)
+
+
+_UNEVEN_HINT = (
+    "right when p divides the size, wrong for {n} elements on {p} ranks: split x with "
+    "x.tensor_split(p), whose chunks differ by at most one element, and receive into a buffer "
+    "the size of the chunk that arrives. ({why})"
+)
+
+
+@checker("06.ring_seconds")
+def _check_ring_seconds(fn: Callable) -> CheckResult:
+    ring = lambda n, p, a, b: 2 * (p - 1) * a + 2 * (p - 1) / p * n * b
+    cases = [(1e6, 4, 1e-4, 1e-9), (4e3, 8, 5e-5, 2e-9), (3e7, 3, 2e-4, 1e-9), (1e5, 2, 1e-5, 1e-8)]
+    mistakes = [
+        (
+            lambda n, p, a, b: ring(n, p, a, b) / 2,
+            "that is one phase: the all-reduce is a "
+            "reduce-scatter and an all-gather, p - 1 steps each",
+        ),
+        (
+            lambda n, p, a, b: 2 * (p - 1) * (a + n * b),
+            "each step moves one chunk of n/p bytes, "
+            "not the whole message (that is the naive all-reduce's cost)",
+        ),
+        (
+            lambda n, p, a, b: 2 * p * a + 2 * n * b,
+            "a ring of p ranks takes p - 1 steps per phase, not p",
+        ),
+        (lambda n, p, a, b: 2 * (p - 1) / p * n * b, "every step also pays the latency α"),
+        (lambda n, p, a, b: 2 * (p - 1) * a, "every byte also costs β: add the bandwidth term"),
+        (
+            lambda n, p, a, b: 2 * (p - 1) * a + (p - 1) / p * n * b,
+            "both phases move bytes: 2(p - 1)/p · n · β",
+        ),
+    ]
+    return compare("06.ring_seconds", fn, ring, cases, mistakes)

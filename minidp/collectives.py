@@ -86,15 +86,16 @@ def _run(algorithm, name: str, tensor: Tensor, group, record: list | None) -> No
         tensor.copy_(work)
 
 
-_SCRATCH: dict[torch.dtype, Tensor] = {}
+_SCRATCH: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
 
-def _scratch(numel: int, dtype: torch.dtype) -> Tensor:
+def _scratch(numel: int, like: Tensor) -> Tensor:
     """A receive buffer kept between calls. A fresh multi-megabyte buffer each call costs a page
     fault per 4 KB page on first touch, which at 4 MB is a tenth of the whole all-reduce."""
-    buf = _SCRATCH.get(dtype)
+    key = (like.dtype, like.device)
+    buf = _SCRATCH.get(key)
     if buf is None or buf.numel() < numel:
-        buf = _SCRATCH[dtype] = torch.empty(numel, dtype=dtype)
+        buf = _SCRATCH[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
     return buf[:numel]
 
 
@@ -107,7 +108,7 @@ def _naive_all_reduce(flat: Tensor, comm: _Comm) -> None:
     """Sum in place: everyone sends to rank 0, which adds in rank order and sends the sum back."""
     n, p = flat.numel(), comm.size
     if comm.rank == 0:
-        inbox = _scratch((p - 1) * n, flat.dtype).view(p - 1, n)  # row i from rank i + 1
+        inbox = _scratch((p - 1) * n, flat).view(p - 1, n)  # row i from rank i + 1
         recvs = [comm.irecv(inbox[src - 1], src) for src in range(1, p)]
         for src, work in enumerate(recvs, start=1):
             work.wait()
@@ -140,7 +141,7 @@ def _ring_all_reduce(flat: Tensor, comm: _Comm) -> None:
     sizes = [q + (i < extra) for i in range(p)]
     starts = [sum(sizes[:i]) for i in range(p)]
     per = max(1, SEGMENT_BYTES // flat.element_size())
-    scratch = _scratch(max(sizes), flat.dtype)
+    scratch = _scratch(max(sizes), flat)
     steps = 2 * (p - 1)
 
     def segments(chunk: int) -> list[tuple[int, int]]:
@@ -180,7 +181,7 @@ def _tree_all_reduce(flat: Tensor, comm: _Comm) -> None:
     """
     p, r = comm.size, comm.rank
     levels = (p - 1).bit_length()
-    inbox = _scratch(flat.numel(), flat.dtype)
+    inbox = _scratch(flat.numel(), flat)
     for k in range(levels):
         d = 1 << k
         if r % (2 * d) == d:  # bit k set and all lower bits clear: my turn to hand up

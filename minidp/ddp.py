@@ -111,7 +111,7 @@ class _DataParallel(nn.Module):
                 buffer[offset : offset + n].copy_(p.grad.view(-1))
             flags.append(float(p.grad is not None))
             offset += n
-        buffer[offset:] = torch.tensor(flags, dtype=buffer.dtype)
+        buffer[offset:] = torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)
 
     def _unflatten(self, params: list[Tensor], buffer: Tensor) -> None:
         """Write the summed buffer back as averaged gradients."""
@@ -149,7 +149,8 @@ class AfterBackwardDDP(_DataParallel):
         self._record("backward end", -1)
         if not self.params:
             return
-        buffer = torch.empty(_flat_size(self.params), dtype=self.params[0].dtype)
+        p0 = self.params[0]
+        buffer = torch.empty(_flat_size(self.params), dtype=p0.dtype, device=p0.device)
         self._flatten(self.params, buffer)
         self._record("launch", 0)
         self.all_reduce(buffer, group=self.group)
@@ -164,23 +165,25 @@ class DistributedDataParallel(_DataParallel):
         super().__init__(module, group)
         self.buckets = self._make_buckets(bucket_cap_mb)
         self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
-        self.buffers = [torch.empty(_flat_size(b), dtype=b[0].dtype) for b in self.buckets]
+        self.buffers = [
+            torch.empty(_flat_size(b), dtype=b[0].dtype, device=b[0].device) for b in self.buckets
+        ]
         self._reset()
 
     def _make_buckets(self, cap_mb: float) -> list[list[Tensor]]:
-        """Parameters in reverse order, cut into buckets of about cap_mb (never mixing dtypes).
+        """Parameters in reverse order, cut into buckets of about cap_mb, one dtype and device each.
 
         Reverse, because backward produces the last layer's gradients first; a bucket of the
         last layers is full, and can start its all-reduce, while the first layers still compute.
         """
-        buckets, size, cap = [], 0, min(FIRST_BUCKET_MB, cap_mb) * 2**20
+        buckets, size, cap, kind = [], 0, min(FIRST_BUCKET_MB, cap_mb) * 2**20, None
         for p in reversed(self.params):
             nbytes = p.numel() * p.element_size()
-            if not buckets or size + nbytes > cap or buckets[-1][0].dtype != p.dtype:
+            if not buckets or size + nbytes > cap or (p.dtype, p.device) != kind:
                 if buckets:
                     cap = cap_mb * 2**20
                 buckets.append([])
-                size = 0
+                size, kind = 0, (p.dtype, p.device)
             buckets[-1].append(p)
             size += nbytes
         return buckets

@@ -20,6 +20,7 @@ import ctypes
 import multiprocessing as mp
 import os
 import pickle
+import re
 import select
 import signal
 import sys
@@ -69,19 +70,33 @@ def read_env() -> DistEnv:
 def setup_distributed(timeout_s: float = 300.0) -> DistEnv:
     """Join the process group described by the environment (torchrun), if not already in one.
 
-    Under `launch` the group already exists and this only reports it; with no environment at all
-    it returns a world of one without starting a process group.
+    Under `launch` the group already exists and this only reports it. With no environment at
+    all it starts a group of one process, so that code written for many ranks (DDP, ZeRO) runs
+    unchanged in one; the caller ends it with dist.destroy_process_group().
     """
     env = read_env()
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    if env.world_size > 1 and not dist.is_initialized():
+    if dist.is_initialized():
+        return env
+    timeout = timedelta(seconds=timeout_s)
+    device_id = env.device if env.device.type == "cuda" else None
+    if "MASTER_ADDR" in os.environ:  # torchrun: its rendezvous tells us where to meet
         dist.init_process_group(
             env.backend,
             rank=env.rank,
             world_size=env.world_size,
-            timeout=timedelta(seconds=timeout_s),
-            device_id=env.device if env.device.type == "cuda" else None,
+            timeout=timeout,
+            device_id=device_id,
+        )
+    else:  # one process on its own: an in-memory store is all the rendezvous it needs
+        dist.init_process_group(
+            env.backend,
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=timeout,
+            device_id=device_id,
         )
     return env
 
@@ -156,21 +171,27 @@ def _worker(
 
 
 def _pump_output(fds: dict[int, int], sink) -> None:
-    """Copy each worker's output to `sink` line by line, prefixed with its rank, until all close."""
+    """Copy each worker's output to `sink` line by line, prefixed with its rank, until all close.
+
+    A carriage return ends a line too, and is kept: a progress bar redraws its line with one,
+    and a terminal or a notebook then redraws the prefixed line in place.
+    """
     partial = {fd: b"" for fd in fds}
     while partial:
         ready, _, _ = select.select(list(partial), [], [])
         for fd in ready:
             chunk = os.read(fd, 65536)
             if chunk:
-                *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
+                # [line, end, line, end, ..., unfinished]
+                *pieces, partial[fd] = re.split(rb"(\r\n|\r|\n)", partial[fd] + chunk)
             else:  # end of file: the worker (and any children it started) have exited
                 rest = partial.pop(fd)
-                lines = [rest] if rest else []
+                pieces = [rest, b"\n"] if rest else []
                 os.close(fd)
-            for line in lines:
-                sink.write(f"[rank {fds[fd]}] {line.decode(errors='replace')}\n")
-            if lines:
+            for line, end in zip(pieces[::2], pieces[1::2], strict=True):
+                text = line.decode(errors="replace")
+                sink.write(f"[rank {fds[fd]}] {text}{end.decode()}")
+            if pieces:
                 sink.flush()
 
 

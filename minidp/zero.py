@@ -77,7 +77,8 @@ class ZeroRedundancyOptimizer:
             # One broadcast per owner, of its parameters flattened, rather than one per tensor.
             flat = torch.cat([p.view(-1) for p in owned]) if rank == self.rank else None
             if flat is None:
-                flat = torch.empty(sum(p.numel() for p in owned), dtype=owned[0].dtype)
+                numel, like = sum(p.numel() for p in owned), owned[0]
+                flat = torch.empty(numel, dtype=like.dtype, device=like.device)
             src = rank if self.group is None else dist.get_global_rank(self.group, rank)
             dist.broadcast(flat, src=src, group=self.group)
             if rank != self.rank:

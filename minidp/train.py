@@ -1,0 +1,362 @@
+"""Train a small GPT with data parallelism: one code path from 2 CPU processes to GPU clusters.
+
+    python -m minidp.train --help                        # every option, with its default
+    python -m minidp.train --nproc 2                     # 2 CPU worker processes, gloo
+    torchrun --nproc-per-node 8 -m minidp.train ...      # one GPU per process, NCCL, bf16
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST:29500 -m minidp.train ...    # several nodes (see the README)
+
+From Python or a notebook: `metrics = minidp.train.run(TrainConfig(steps=50, nproc=2))`.
+
+Every rank builds the same model from the same seed, takes its slice of the step's global batch
+(a pure function of seed and step, see minidp.data), and averages gradients through our DDP or
+torch's. AdamW with warmup and cosine decay, gradient clipping and accumulation, as in nanoGPT's
+train.py; checkpoints (minidp.checkpoint) let an interrupted run continue exactly where it was.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from minidp import checkpoint
+from minidp.data import decode, get_batch, load_tokens, split
+from minidp.ddp import DistributedDataParallel
+from minidp.launch import DistEnv, launch, setup_distributed
+from minidp.model import GPT, GPTConfig
+from minidp.zero import ZeroRedundancyOptimizer
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # model
+    n_layer: int = _opt(4, "transformer blocks")
+    n_head: int = _opt(4, "attention heads per block")
+    n_embd: int = _opt(128, "embedding width")
+    block_size: int = _opt(128, "context length in tokens (bytes)")
+    dropout: float = _opt(0.0, "dropout probability")
+    # data and schedule
+    data: str = _opt("", "a UTF-8 text file to train on (default: Python's own reference manual)")
+    steps: int = _opt(200, "optimizer steps in the whole schedule")
+    stop_after: int = _opt(0, "end this run after this step, as a preempted job would (0: never)")
+    batch_size: int = _opt(16, "sequences per optimizer step, over all ranks and micro-steps")
+    grad_accum: int = _opt(1, "micro-steps per optimizer step (gradient accumulation)")
+    lr: float = _opt(3e-3, "peak learning rate")
+    min_lr: float = _opt(3e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _opt(20, "steps of linear warmup from 0 to lr")
+    weight_decay: float = _opt(0.1, "AdamW weight decay, on matrices only")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
+    seed: int = _opt(1337, "fixes the initialisation, the data order and dropout")
+    # parallelism and hardware
+    nproc: int = _opt(1, "CPU worker processes to start (not under torchrun)")
+    ddp: str = _opt("minidp", "whose DistributedDataParallel: minidp or torch")
+    bucket_cap_mb: float = _opt(25.0, "DDP bucket size in MB")
+    zero1: bool = _opt(False, "shard the optimizer state across ranks (ZeRO stage 1)")
+    bf16: bool = _opt(True, "bfloat16 autocast on GPUs (CPUs always use float32)")
+    compile: bool = _opt(False, "torch.compile the model")
+    threads: int = _opt(1, "torch threads per CPU worker")
+    peak_tflops: float = _opt(0.0, "peak TFLOP/s per device for MFU on CPUs (GPUs are known)")
+    timeout_s: float = _opt(300.0, "seconds a collective may wait before the run fails")
+    # output
+    out_dir: str = _opt("runs/minidp", "where checkpoints, metrics.jsonl and the sample go")
+    resume: bool = _opt(False, "continue from out_dir/ckpt.pt")
+    checkpoint_every: int = _opt(0, "also checkpoint every this many steps (0: only at the end)")
+    eval_every: int = _opt(50, "validation loss every this many steps (0: only at the end)")
+    eval_batches: int = _opt(4, "batches of batch_size sequences per validation")
+    sample_tokens: int = _opt(200, "bytes of text to generate at the start and the end")
+    progress: bool = _opt(True, "a progress bar on rank 0")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, found before any worker starts."""
+
+
+def validate(c: TrainConfig, world_size: int) -> None:
+    """Raise ConfigError (one line) for a configuration that cannot work."""
+    per_step = world_size * c.grad_accum
+    if c.ddp not in ("minidp", "torch"):
+        raise ConfigError(f"--ddp must be minidp or torch, not {c.ddp!r}")
+    if min(c.steps, c.batch_size, c.grad_accum, c.nproc, c.n_layer, c.n_head) < 1:
+        raise ConfigError("steps, batch_size, grad_accum, nproc, n_layer and n_head must be >= 1")
+    cores = os.cpu_count() or 1
+    if c.nproc > cores:
+        raise ConfigError(f"--nproc {c.nproc} CPU workers on {cores} cores would only slow down")
+    if c.batch_size % per_step:
+        raise ConfigError(
+            f"--batch-size {c.batch_size} does not divide among {world_size} ranks x "
+            f"{c.grad_accum} micro-steps; use a multiple of {per_step}"
+        )
+    if c.n_embd % c.n_head:
+        raise ConfigError(f"--n-embd {c.n_embd} is not a multiple of --n-head {c.n_head}")
+    if c.data and not Path(c.data).is_file():
+        raise ConfigError(f"--data {c.data}: no such file")
+    if c.resume and not (Path(c.out_dir) / "ckpt.pt").is_file():
+        raise ConfigError(f"--resume: no checkpoint at {Path(c.out_dir) / 'ckpt.pt'}")
+
+
+def lr_at(step: int, c: TrainConfig) -> float:
+    """Linear warmup to c.lr, then cosine decay to c.min_lr at the last step."""
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+    return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# bf16 dense peak, TFLOP/s, from the vendors' data sheets; MFU as in PaLM (Chowdhery et al. 2022).
+GPU_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121}
+
+
+def peak_flops(c: TrainConfig, env: DistEnv) -> float:
+    """This device's peak FLOP/s, or 0 when unknown (then MFU is not reported)."""
+    if env.device.type == "cuda":
+        name = torch.cuda.get_device_name(env.device)
+        return next((t * 1e12 for gpu, t in GPU_PEAK_TFLOPS.items() if gpu in name), 0.0)
+    return c.peak_tflops * 1e12
+
+
+def build(c: TrainConfig, env: DistEnv):
+    """The model (wrapped for data parallelism), the bare model, and the optimizer."""
+    torch.manual_seed(c.seed)  # the same initial weights on every rank (DDP broadcasts anyway)
+    config = GPTConfig(c.block_size, 256, c.n_layer, c.n_head, c.n_embd, c.dropout)
+    raw = GPT(config).to(env.device)
+    inner = torch.compile(raw) if c.compile else raw
+    if c.ddp == "torch":
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(
+            inner, device_ids=ids, bucket_cap_mb=c.bucket_cap_mb
+        )
+    else:
+        model = DistributedDataParallel(inner, bucket_cap_mb=c.bucket_cap_mb)
+    # Weight decay on matrices (weights, embeddings), not on biases and norms (nanoGPT's rule).
+    params = [p for p in raw.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if c.zero1:
+        optimizer = ZeroRedundancyOptimizer(groups, torch.optim.AdamW, lr=c.lr, betas=(0.9, 0.95))
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=(0.9, 0.95))
+    return model, raw, optimizer
+
+
+@torch.no_grad()
+def evaluate(model, val: torch.Tensor, c: TrainConfig, env: DistEnv, autocast) -> float:
+    """Mean loss over c.eval_batches fixed validation batches, averaged over the ranks."""
+    model.eval()
+    total = torch.zeros((), device=env.device)
+    for i in range(c.eval_batches):  # seed + 1: a stream of its own, the same at every eval
+        x, y = get_batch(val, i, c.seed + 1, c.batch_size, c.block_size, env.rank, env.world_size)
+        with autocast:
+            total += model(x.to(env.device), y.to(env.device))[1].float()
+    dist.all_reduce(total)
+    model.train()
+    return total.item() / (c.eval_batches * env.world_size)
+
+
+def sample(raw: GPT, prompt: torch.Tensor, c: TrainConfig, env: DistEnv) -> str:
+    """A fixed prompt continued by c.sample_tokens sampled bytes (the same generator each time)."""
+    g = torch.Generator(device=env.device).manual_seed(c.seed)
+    idx = prompt.long().view(1, -1).to(env.device)
+    raw.eval()
+    out = raw.generate(idx, c.sample_tokens, temperature=0.8, top_k=50, generator=g)
+    raw.train()
+    return decode(out[0].tolist())
+
+
+def train(c: TrainConfig) -> dict | None:
+    """Train in this process, one rank of the job; rank 0 returns the metrics, others None."""
+    owns_group = not dist.is_initialized()  # under `launch` the group is the launcher's to end
+    env = setup_distributed(c.timeout_s)
+    try:
+        return _train(c, env)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(c: TrainConfig, env: DistEnv) -> dict | None:
+    validate(c, env.world_size)
+    if env.device.type == "cpu":
+        torch.set_num_threads(c.threads)
+    out = Path(c.out_dir)
+    train_tokens, val_tokens = split(load_tokens(c.data or None))
+    model, raw, optimizer = build(c, env)
+    start = 0
+    if c.resume:
+        state = checkpoint.load(out / "ckpt.pt", expect=asdict(c))
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    use_bf16 = env.device.type == "cuda" and c.bf16
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    prompt, main = val_tokens[:32], env.is_main
+    metrics: dict = {"config": asdict(c), "world_size": env.world_size, "log": [], "val": []}
+    metrics["params"] = raw.num_params(non_embedding=False)
+    if main and start == 0:
+        metrics["sample_before"] = sample(raw, prompt, c, env)
+    micro = c.batch_size // (env.world_size * c.grad_accum)  # sequences per rank per micro-step
+    tokens_per_step, flops, peak = (
+        c.batch_size * c.block_size,
+        raw.flops_per_token(),
+        peak_flops(c, env),
+    )
+    end = min(c.steps, c.stop_after or c.steps)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    jsonl = open(out / "metrics.jsonl", "a") if main else None  # noqa: SIM115 (closed below)
+    bar = tqdm(
+        total=c.steps,
+        initial=start,
+        desc="train",
+        disable=not (main and c.progress),
+        file=sys.stdout,
+        ncols=88,
+        mininterval=1.0,
+    )
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        lr = lr_at(step, c)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Dropout's randomness from (seed, step, rank) alone, so a resumed run draws the same.
+        torch.manual_seed(c.seed * 1_000_003 + step * 1_009 + env.rank)
+        x, y = get_batch(
+            train_tokens, step, c.seed, c.batch_size, c.block_size, env.rank, env.world_size
+        )
+        loss_sum = torch.zeros((), device=env.device)
+        for i in range(c.grad_accum):
+            rows = slice(i * micro, (i + 1) * micro)
+            last = i == c.grad_accum - 1
+            # Only the last micro-step synchronises: the others just accumulate local gradients.
+            with nullcontext() if last else model.no_sync():
+                with autocast:
+                    loss = model(x[rows].to(env.device), y[rows].to(env.device))[1]
+                (loss / c.grad_accum).backward()  # the mean over micro-steps, not their sum
+            loss_sum += loss.detach().float() / c.grad_accum
+        if c.grad_clip > 0:  # every rank holds the same averaged gradient: the same clipping
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), c.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dist.all_reduce(loss_sum)  # the loss of the whole global batch, for the log
+        loss_value, dt = loss_sum.item() / env.world_size, time.perf_counter() - t0
+        tokens_per_s = tokens_per_step / dt
+        mfu = flops * tokens_per_s / (peak * env.world_size) if peak else None
+        row = {
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": lr,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "time_s": dt,
+        }
+        metrics["log"].append(row)
+        if main:
+            jsonl.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            bar.update()
+        if (c.eval_every and (step + 1) % c.eval_every == 0) or step + 1 == end:
+            val = evaluate(model, val_tokens, c, env, autocast)
+            metrics["val"].append({"step": step + 1, "val_loss": val})
+            if main:
+                jsonl.write(json.dumps({"step": step + 1, "val_loss": val}) + "\n")
+                bar.write(f"step {step + 1}: train loss {loss_value:.4f}, val loss {val:.4f}")
+        if (c.checkpoint_every and (step + 1) % c.checkpoint_every == 0) or step + 1 == end:
+            _checkpoint(out / "ckpt.pt", raw, optimizer, step + 1, c, main)
+    bar.close()
+    if not main:
+        return None
+    jsonl.close()
+    metrics["sample"] = sample(raw, prompt, c, env)
+    (out / "sample.txt").write_text(metrics["sample"], encoding="utf-8")
+    measured = metrics["log"][3:] or metrics["log"]  # past warm-up and compilation
+    if measured:
+        middle = sorted(measured, key=lambda r: r["tokens_per_s"])[len(measured) // 2]
+        metrics["tokens_per_s"], metrics["mfu"] = middle["tokens_per_s"], middle["mfu"]
+    return metrics
+
+
+def _checkpoint(path: Path, raw: GPT, optimizer, step: int, c: TrainConfig, main: bool) -> None:
+    """Every rank takes part (a sharded optimizer is gathered first); rank 0 writes."""
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)
+    if main:
+        opt_state = optimizer.state_dict()
+        rng = torch.get_rng_state()
+        checkpoint.save(
+            path, model=raw.state_dict(), optimizer=opt_state, step=step, config=asdict(c), rng=rng
+        )
+    dist.barrier()  # nobody races ahead (or exits) before the checkpoint is on disk
+
+
+def run(c: TrainConfig) -> dict:
+    """Train as configured from Python, starting worker processes if needed; rank 0's metrics.
+
+    Under torchrun this process is one rank. Otherwise, with nproc CPU workers started here
+    (forked, so it works from a notebook), or in this process on a GPU when nproc is 1.
+    """
+    if "RANK" in os.environ:
+        return train(c)
+    validate(c, c.nproc)  # before any worker starts: a bad option costs nothing
+    if c.resume:
+        checkpoint.load(Path(c.out_dir) / "ckpt.pt", expect=asdict(c))
+    if c.nproc == 1 and torch.cuda.is_available():
+        return train(c)
+    return launch(train, c.nproc, c, timeout=c.timeout_s, threads=c.threads)[0]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from command-line options: one --option-name per field, same defaults."""
+    parser = _Parser(
+        prog="python -m minidp.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for f in fields(TrainConfig):
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"] + " (default: %(default)s)"
+        if f.type is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help
+            )
+        else:
+            parser.add_argument(flag, type=f.type, default=f.default, help=help)
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from minidp.launch import WorkerError
+
+    c = parse_args(argv)
+    try:
+        metrics = run(c)
+    except (ConfigError, checkpoint.CheckpointError) as e:
+        sys.exit(f"python -m minidp.train: error: {e}")
+    except WorkerError as e:
+        sys.exit(f"python -m minidp.train: {e}")
+    if metrics is not None:
+        print(
+            f"done: {len(metrics['log'])} steps, median {metrics.get('tokens_per_s', 0):,.0f} "
+            f"tokens/s; checkpoint, metrics.jsonl and sample.txt in {c.out_dir}"
+        )
+
+
+if __name__ == "__main__":
+    main()

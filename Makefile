@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.minidp-installed
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: lab test test-fast lint format bench clean
+.PHONY: lab test test-fast lint format bench gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(PY) -m minidp.bench allreduce
 	$(PY) -m minidp.bench ddp
 	$(PY) -m minidp.bench train
+
+# On a GPU node: the trainer on every GPU for about two minutes; prints tokens/s and MFU.
+gpu-check: $(STAMP)
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

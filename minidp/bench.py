@@ -12,6 +12,7 @@ busbw = algbw * 2(p-1)/p, the rate each link must sustain, comparable across wor
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import torch
@@ -149,6 +150,41 @@ def ddp(n_layer: int = 6, n_embd: int = 256, batch: int = 8, repeats: int = 20) 
     return medians
 
 
+def train(n_layer: int = 6, n_embd: int = 256, per_rank: int = 8, steps: int = 20) -> dict:
+    """Trainer tokens/s at 1 and 2 CPU ranks for both DDPs (weak scaling: batch per rank fixed)."""
+    from minidp.train import TrainConfig, run  # the trainer imports this module's neighbours
+
+    runs: dict[tuple[int, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(2):  # two passes, alternating, so drift on the machine hits all alike
+            for nproc, ddp in [(1, "minidp"), (2, "minidp"), (1, "torch"), (2, "torch")]:
+                config = TrainConfig(
+                    n_layer=n_layer,
+                    n_head=8,
+                    n_embd=n_embd,
+                    steps=steps,
+                    nproc=nproc,
+                    ddp=ddp,
+                    batch_size=per_rank * nproc,
+                    eval_every=0,
+                    eval_batches=1,
+                    sample_tokens=0,
+                    progress=False,
+                    out_dir=out,
+                )
+                runs.setdefault((nproc, ddp), []).append(run(config)["tokens_per_s"])
+    tps = {key: statistics.median(v) for key, v in runs.items()}
+    print(
+        f"trainer, GPT {n_layer}x{n_embd}, sequence 128, {per_rank} sequences per rank, "
+        f"{steps} steps, CPU ranks of 1 thread; median tokens/s of each run, median of 2 runs"
+    )
+    print(f"{'DDP':>8} {'1 rank tok/s':>13} {'2 ranks tok/s':>14} {'scaling':>8}")
+    for ddp in ("minidp", "torch"):
+        one, two = tps[(1, ddp)], tps[(2, ddp)]
+        print(f"{ddp:>8} {one:13,.0f} {two:14,.0f} {two / (2 * one):8.2f}")
+    return tps
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m minidp.bench",
@@ -164,11 +200,18 @@ def main(argv: list[str] | None = None) -> None:
     dp.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
     dp.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")
     dp.add_argument("--repeats", type=int, default=20, help="timed steps per variant (default 20)")
+    tr = sub.add_parser("train", help="trainer tokens/s at 1 and 2 CPU ranks, both DDPs")
+    tr.add_argument("--layers", type=int, default=6, help="transformer blocks (default 6)")
+    tr.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
+    tr.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")
+    tr.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
     args = parser.parse_args(argv)
     if args.which == "allreduce":
         allreduce(args.world_size, SIZES, args.repeats)
     elif args.which == "ddp":
         ddp(args.layers, args.width, args.batch, args.repeats)
+    else:
+        train(args.layers, args.width, args.batch, args.steps)
 
 
 if __name__ == "__main__":

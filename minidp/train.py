@@ -352,9 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     except WorkerError as e:
         sys.exit(f"python -m minidp.train: {e}")
     if metrics is not None:
+        mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") else ""
         print(
             f"done: {len(metrics['log'])} steps, median {metrics.get('tokens_per_s', 0):,.0f} "
-            f"tokens/s; checkpoint, metrics.jsonl and sample.txt in {c.out_dir}"
+            f"tokens/s{mfu}; checkpoint, metrics.jsonl and sample.txt in {c.out_dir}"
         )
 
 

@@ -78,6 +78,13 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
 
 
+def test_resume_at_another_world_size(one_process, tmp_path):
+    interrupted = tiny(tmp_path, nproc=2, stop_after=3)
+    run(interrupted)
+    run(dataclasses.replace(interrupted, nproc=1, stop_after=0, resume=True))
+    assert max_difference(final_weights(interrupted), one_process[1]) <= 1e-5
+
+
 def test_learning_rate_schedule():
     c = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, steps=110)
     assert lr_at(0, c) == pytest.approx(0.1)  # warmup from lr / warmup_steps

@@ -47,11 +47,13 @@ def test_collective_draws_before_and_after_with_undefined_rows():
     assert fig._suptitle.get_text() == "reduce"
 
 
-def test_all_gather_widens_the_picture():
-    before = [torch.tensor([10.0**r]) for r in range(4)]
+def test_nan_cells_are_left_empty():
+    nan = float("nan")
+    before = [torch.tensor([nan] * r + [10.0**r] + [nan] * (3 - r)) for r in range(4)]
     after = [torch.tensor([1.0, 10.0, 100.0, 1000.0])] * 4
     fig = plots.collective("all-gather", before, after)
     assert len(cells(fig.axes[0])) == 4 and len(cells(fig.axes[1])) == 16
+    assert [c.get_xy() for c in cells(fig.axes[0])] == [(r, r) for r in range(4)]  # the diagonal
 
 
 # ---- 05

@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml scripts/install_torch.py
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Opens the course at 00_welcome. As root (a container), Jupyter needs --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks \
+	    --LabApp.default_url=/lab/tree/00_welcome.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Every test, then every notebook through nbval (lax: each cell must run; assert cells check).
 test: lint

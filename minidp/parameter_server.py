@@ -198,9 +198,12 @@ def _server_round(grad: Tensor, theta: Tensor, inbox: Tensor) -> None:
     """Gradients in, parameters out: the server receives K of them and sends K back."""
     K = dist.get_world_size() - 1
     if dist.get_rank() == SERVER:
-        for work in [dist.irecv(inbox[w - 1], w) for w in range(1, K + 1)]:
+        recvs = [dist.irecv(inbox[w - 1], w) for w in range(1, K + 1)]
+        for gradient, work in zip(inbox, recvs, strict=True):
             work.wait()
-        theta -= 0.1 * inbox.mean(dim=0)
+            # In place, one gradient at a time: a temporary (K, n) mean would add page faults
+            # to every round, and this comparison is about bytes, not allocation.
+            theta.add_(gradient, alpha=-0.1 / K)
         for work in [dist.isend(theta, w) for w in range(1, K + 1)]:
             work.wait()
     else:

@@ -286,14 +286,21 @@ def round_times(workers: list[int], times: list[dict]) -> Figure:
 
 
 # ---- 06 all-reduce: the alpha-beta cost model (Hockney; Thakur, Rabenseifner & Gropp 2005)
-# T(n) = steps * alpha + bytes_per_link(n) * beta: alpha is the fixed cost of one message,
-# beta the time per byte. Each algorithm gives (steps, bytes each rank's link carries).
+# T(n) = steps * alpha + bytes * beta: alpha is the fixed cost of one message, beta the time per
+# byte, and each algorithm says how many messages follow one another and how many bytes pass
+# through its busiest rank in sequence.
 
 
-def cost_terms(algorithm: str, nbytes: float, p: int) -> tuple[float, float]:
-    """(messages in sequence, bytes through the busiest link) of one all-reduce of nbytes."""
+def cost_terms(algorithm: str, nbytes: float, p: int, duplex: bool = True) -> tuple[float, float]:
+    """(messages in sequence, bytes in sequence through the busiest rank) of one all-reduce.
+
+    duplex: a rank sends and receives at the same time for the price of one, as on NVLink,
+    InfiniBand or Ethernet. Only the ring relies on it (each step it sends one chunk while it
+    receives another); naive and tree must receive before they can send what they received.
+    """
     if algorithm == "ring":  # reduce-scatter + all-gather: 2(p-1) steps of n/p bytes
-        return 2 * (p - 1), 2 * (p - 1) / p * nbytes
+        moved = 2 * (p - 1) / p * nbytes
+        return 2 * (p - 1), moved if duplex else 2 * moved
     if algorithm == "naive":  # rank 0 receives p - 1 whole messages, then sends p - 1
         return 2 * (p - 1), 2 * (p - 1) * nbytes
     if algorithm == "tree":  # up and down a binomial tree, whole messages at each level
@@ -302,26 +309,36 @@ def cost_terms(algorithm: str, nbytes: float, p: int) -> tuple[float, float]:
     raise ValueError(f"no cost model for {algorithm!r}")
 
 
-def cost_seconds(algorithm: str, nbytes: float, p: int, alpha: float, beta: float) -> float:
+def cost_seconds(
+    algorithm: str, nbytes: float, p: int, alpha: float, beta: float, duplex: bool = True
+) -> float:
     """The alpha-beta model's time for one all-reduce of nbytes on p ranks."""
-    steps, moved = cost_terms(algorithm, nbytes, p)
+    steps, moved = cost_terms(algorithm, nbytes, p, duplex)
     return steps * alpha + moved * beta
 
 
-def fit_alpha_beta(seconds: dict[int, float], algorithm: str, p: int) -> tuple[float, float]:
-    """alpha and beta that best fit {bytes: seconds} of one algorithm, in relative error.
+def fit_alpha_beta(
+    measured: dict[int, dict[str, float]], p: int, algorithms=("ring",), duplex: bool = True
+) -> tuple[float, float]:
+    """alpha and beta that best fit measured {bytes: {algorithm: seconds}}, in relative error.
 
-    Relative, because the times span three orders of magnitude: plain least squares would fit
-    the largest messages and ignore the small ones, where alpha shows.
+    Relative, because the times span orders of magnitude: plain least squares would fit the
+    largest messages and ignore the small ones, where alpha shows.
     """
-    rows = [cost_terms(algorithm, n, p) for n in seconds]
-    A = torch.tensor(rows, dtype=torch.float64) / torch.tensor(list(seconds.values()))[:, None]
+    rows, seconds = [], []
+    for n, by_algorithm in measured.items():
+        for name in algorithms:
+            rows.append(cost_terms(name, n, p, duplex))
+            seconds.append(by_algorithm[name])
+    A = torch.tensor(rows, dtype=torch.float64) / torch.tensor(seconds)[:, None]  # (rows, 2)
     alpha, beta = torch.linalg.lstsq(A, torch.ones(len(rows), 1, dtype=torch.float64)).solution
     return alpha.item(), beta.item()
 
 
-def alpha_beta(measured: dict[int, dict[str, float]], p: int, alpha: float, beta: float) -> Figure:
-    """Measured seconds per all-reduce (points) against bytes, with the fitted model (lines)."""
+def alpha_beta(
+    measured: dict[int, dict[str, float]], p: int, alpha: float, beta: float, duplex: bool = True
+) -> Figure:
+    """Measured seconds per all-reduce (points) against bytes, with the model's lines."""
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
     sizes = sorted(measured)
@@ -330,10 +347,11 @@ def alpha_beta(measured: dict[int, dict[str, float]], p: int, alpha: float, beta
         colour = plt.get_cmap("tab10")(i)
         ax.plot(sizes, [1e3 * measured[n][name] for n in sizes], "o", color=colour, label=name)
         if name in ("ring", "naive", "tree"):
-            model_ms = [1e3 * cost_seconds(name, n, p, alpha, beta) for n in grid]
+            model_ms = [1e3 * cost_seconds(name, n, p, alpha, beta, duplex) for n in grid]
             ax.plot(grid, model_ms, "-", color=colour, alpha=0.6)
     ax.set(xscale="log", yscale="log", xlabel="message size (bytes)", ylabel="ms per all-reduce")
-    ax.set_title(f"{p} ranks: points measured, lines the α-β model")
+    links = "full-duplex" if duplex else "half-duplex"
+    ax.set_title(f"{p} ranks: points measured, lines the α-β model ({links})")
     ax.legend(fontsize=8)
     return fig
 

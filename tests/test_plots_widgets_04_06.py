@@ -103,16 +103,28 @@ def test_staleness_explorer_follows_its_sliders(line_data):
 
 def test_cost_model_and_its_fit():
     assert plots.cost_terms("ring", 1200, 4) == (6, 1800)
+    assert plots.cost_terms("ring", 1200, 4, duplex=False) == (6, 3600)
     assert plots.cost_terms("naive", 1200, 4) == (6, 7200)
     assert plots.cost_terms("tree", 1200, 4) == (4, 4800)
+    assert plots.cost_terms("tree", 1200, 5) == (6, 7200)  # 3 levels for 5 ranks
     alpha, beta = 2e-4, 1e-9
-    seconds = {n: plots.cost_seconds("ring", n, 3, alpha, beta) for n in (1e3, 1e5, 1e7)}
-    assert plots.fit_alpha_beta(seconds, "ring", 3) == pytest.approx((alpha, beta))
-    measured = {n: {"torch": t, "ring": t, "naive": 2 * t} for n, t in seconds.items()}
+    measured = {
+        n: {name: plots.cost_seconds(name, n, 3, alpha, beta) for name in ("ring", "naive")}
+        for n in (1e3, 1e5, 1e7)
+    }
+    assert plots.fit_alpha_beta(measured, 3) == pytest.approx((alpha, beta))
+    both = plots.fit_alpha_beta(measured, 3, ("ring", "naive"))
+    assert both == pytest.approx((alpha, beta))
+    for sizes in measured.values():
+        sizes["torch"] = sizes["ring"]
     fig = plots.alpha_beta(measured, 3, alpha, beta)
     labels = [line.get_label() for line in fig.axes[0].lines]
     assert labels.count("torch") == labels.count("ring") == 1  # torch: points only, no model
     assert len(fig.axes[0].lines) == 5
+    assert (
+        "half-duplex"
+        in plots.alpha_beta(measured, 3, alpha, beta, duplex=False).axes[0].get_title()
+    )
 
 
 def _recorded_ring(p: int = 4):

@@ -521,7 +521,7 @@ def _check_exchange(fn: Callable) -> CheckResult:
     return CheckResult("04.exchange", CORRECT)
 
 
-def _broadcast_worker(fn: Callable, n: int, src: int) -> Tensor | str:
+def _in_place_broadcast_worker(fn: Callable, n: int, src: int) -> Tensor | str:
     x = _rank_tensor(dist.get_rank(), n)
     return _SKIPPED if _learner_call(fn, x, src) is _SKIPPED else x
 
@@ -529,7 +529,7 @@ def _broadcast_worker(fn: Callable, n: int, src: int) -> Tensor | str:
 @checker("04.broadcast")
 def _check_broadcast(fn: Callable) -> CheckResult:
     for p, n, src in ((3, 4, 0), (3, 5, 2), (2, 3, 1), (4, 2, 1)):
-        got = _on_workers("04.broadcast", p, _broadcast_worker, fn, n, src)
+        got = _on_workers("04.broadcast", p, _in_place_broadcast_worker, fn, n, src)
         if isinstance(got, CheckResult):
             return got
         xs = [_rank_tensor(r, n) for r in range(p)]

@@ -24,9 +24,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
-from minidp import data, model
+from minidp import data, model, model_parallel
 from minidp.launch import WorkerError, launch
 from minidp.parameter_server import batch_indices
 
@@ -776,3 +777,201 @@ def _check_ring_seconds(fn: Callable) -> CheckResult:
         ),
     ]
     return compare("06.ring_seconds", fn, ring, cases, mistakes)
+
+
+# ---- 10 training a GPT
+
+
+@checker("10.scaling_efficiency")
+def _check_scaling_efficiency(fn: Callable) -> CheckResult:
+    efficiency = lambda one, many, k: many / (k * one)
+    cases = [(1000.0, 1800.0, 2), (5e4, 1.2e5, 4), (2e3, 9e3, 8), (300.0, 300.0, 3)]
+    mistakes = [
+        (
+            lambda one, many, k: many / one,
+            "that is the speedup: divide it by K, the speedup K workers would give at best",
+        ),
+        (
+            lambda one, many, k: k * one / many,
+            "upside down: measured over ideal, that is (tokens/s with K) / (K × tokens/s with 1)",
+        ),
+        (lambda one, many, k: one / many, "measured over ideal: (tokens/s with K) / (K × with 1)"),
+        (lambda one, many, k: many / (k * k * one), "divide by K once, not twice"),
+        (lambda one, many, k: 100 * efficiency(one, many, k), "a fraction, not a percentage"),
+    ]
+    return compare("10.scaling_efficiency", fn, efficiency, cases, mistakes)
+
+
+def _mfu(n_params, n_layer, n_embd, block_size, tokens_per_s, peak_flops, n_gpus) -> float:
+    """As minidp.train measures it: 6N + 12 L T d FLOPs per token (PaLM, appendix B)."""
+    flops_per_token = 6 * n_params + 12 * n_layer * block_size * n_embd
+    return flops_per_token * tokens_per_s / (peak_flops * n_gpus)
+
+
+@checker("10.mfu")
+def _check_mfu(fn: Callable) -> CheckResult:
+    cases = [
+        (85_000_000, 12, 768, 1024, 4.0e5, 989e12, 8),
+        (120_000, 2, 64, 1024, 3.0e4, 1e11, 2),
+        (1_500_000_000, 48, 1600, 1024, 1.0e5, 312e12, 16),
+    ]
+    attention = lambda L, d, T: 12 * L * T * d
+    mistakes = [
+        (
+            lambda N, L, d, T, tps, peak, n: (2 * N + attention(L, d, T) / 3) * tps / (peak * n),
+            "that counts the forward pass only: backward costs twice as much, 6N in all",
+        ),
+        (
+            lambda N, L, d, T, tps, peak, n: 6 * N * tps / (peak * n),
+            "add the attention's 12 L T d FLOPs per token: with a long context they matter",
+        ),
+        (
+            lambda N, L, d, T, tps, peak, n: _mfu(N, L, d, T, tps, peak, 1),
+            "peak_flops is one GPU's: the job's peak is n_gpus times it",
+        ),
+        (
+            lambda N, L, d, T, tps, peak, n: _mfu(N, L, d, T, tps, peak, 1) * n,
+            "divide by the job's peak, n_gpus × peak_flops, not multiply",
+        ),
+        (
+            lambda N, L, d, T, tps, peak, n: 100 * _mfu(N, L, d, T, tps, peak, n),
+            "a fraction, not a percentage",
+        ),
+    ]
+    return compare("10.mfu", fn, _mfu, cases, mistakes)
+
+
+@checker("10.micro_batch")
+def _check_micro_batch(fn: Callable) -> CheckResult:
+    per_gpu = lambda B, nodes, gpus, accum: B // (nodes * gpus * accum)
+    cases = [(512, 2, 8, 4), (256, 4, 4, 2), (96, 1, 2, 3), (1024, 8, 8, 1)]
+    mistakes = [
+        (lambda B, n, g, a: B // (g * a), "every node's GPUs take part: divide by nnodes too"),
+        (
+            lambda B, n, g, a: B // (n * g),
+            "the batch is also split over grad_accum micro-steps: divide by it too",
+        ),
+        (
+            lambda B, n, g, a: B // (n * a),
+            "each node runs nproc_per_node processes, one per GPU: divide by it too",
+        ),
+        (lambda B, n, g, a: B // (n * g) * a, "divide by grad_accum, do not multiply"),
+        (lambda B, n, g, a: B * n * g * a, "the global batch is shared out: divide, not multiply"),
+    ]
+    return compare("10.micro_batch", fn, per_gpu, cases, mistakes)
+
+
+# ---- 11 beyond data parallelism
+
+
+def _model_states(params, zero_stage, dp, sizes=(2, 2, 12), shift=0, shard_all=False) -> float:
+    """Bytes per GPU of mixed-precision Adam's model states, or a predictable mistake in them."""
+    stage = min(max(zero_stage + shift, 0), 3)
+    w, g, k = sizes  # bytes per parameter: weights, gradients, optimizer state
+    if shard_all and stage >= 1:
+        return (w + g + k) * params / dp
+    sharded = lambda first_stage: dp if stage >= first_stage else 1
+    return w * params / sharded(3) + g * params / sharded(2) + k * params / sharded(1)
+
+
+@checker("11.model_state_bytes")
+def _check_model_state_bytes(fn: Callable) -> CheckResult:
+    # Stage 2 before stage 1: there, sharding nothing and shifting the stages by one differ.
+    cases = [(1e9, 0, 8), (2e9, 2, 16), (7.5e9, 1, 64), (2e9, 3, 16), (3e9, 1, 4)]
+    stages = "stage 1 shards the optimizer state, stage 2 also the gradients, stage 3 also weights"
+    mistakes = [
+        (
+            lambda P, s, dp: _model_states(P, s, dp, sizes=(2, 2, 8)),
+            "mixed-precision Adam keeps K = 12 bytes per parameter: an fp32 copy of the weights "
+            "(4), the momentum (4) and the variance (4)",
+        ),
+        (
+            lambda P, s, dp: _model_states(P, s, dp, sizes=(4, 4, 12)),
+            "weights and gradients are 16-bit, 2 bytes each; the fp32 copy is in the 12",
+        ),
+        (lambda P, s, dp: _model_states(P, s, dp, shard_all=True), stages),
+        (lambda P, s, dp: _model_states(P, s, dp, shift=1), stages),
+        (lambda P, s, dp: _model_states(P, s, dp, shift=-1), stages),
+        (
+            lambda P, s, dp: _model_states(P, 0, dp),
+            "ZeRO divides what it shards by dp, the number of data-parallel GPUs",
+        ),
+        (lambda P, s, dp: _model_states(P, s, dp) / 1e9, "return bytes, not GB"),
+    ]
+    return compare("11.model_state_bytes", fn, _model_states, cases, mistakes)
+
+
+@checker("11.bubble_fraction")
+def _check_bubble_fraction(fn: Callable) -> CheckResult:
+    cases = [(4, 8), (2, 1), (8, 32), (3, 5), (1, 4)]
+    mistakes = [
+        (
+            lambda p, m: (p - 1) / m,
+            "that is the idle time relative to the busy time; as a share of all the time it is "
+            "(p - 1) / (m + p - 1)",
+        ),
+        (lambda p, m: m / (m + p - 1), "that is the busy share: the bubble is what is left"),
+        (lambda p, m: (p - 1) / p, "more micro-batches shrink the bubble: m belongs in it"),
+        (lambda p, m: (p - 1) / (m + p), "the forwards of m micro-batches fill m + p - 1 slots"),
+        (lambda p, m: 1 / m, "a single stage (p = 1) never waits: p belongs in it"),
+    ]
+    return compare("11.bubble_fraction", fn, model_parallel.bubble_fraction, cases, mistakes)
+
+
+def _tp_partial(x, fc_weight, fc_bias, proj_weight, proj_bias, rank, t) -> Tensor:
+    units = model_parallel.shard_range(fc_weight.shape[0], rank, t)  # this rank's hidden units
+    return F.gelu(x @ fc_weight[units].T + fc_bias[units]) @ proj_weight[:, units].T
+
+
+def _tp_cases() -> list[tuple]:
+    g = torch.Generator().manual_seed(11)
+    h = 8
+    weights = [torch.randn(4 * h, h, generator=g), torch.randn(4 * h, generator=g),
+               torch.randn(h, 4 * h, generator=g), torch.randn(h, generator=g)]  # fmt: skip
+    x = torch.randn(2, 3, h, generator=g)
+    return [(x, *weights, rank, t) for rank, t in ((0, 2), (1, 2), (3, 4), (1, 4))]
+
+
+@checker("11.tp_mlp_partial")
+def _check_tp_mlp_partial(fn: Callable) -> CheckResult:
+    def strided(x, W1, b1, W2, b2, r, t):
+        return F.gelu(x @ W1[r::t].T + b1[r::t]) @ W2[:, r::t].T
+
+    def input_split(x, W1, b1, W2, b2, r, t):
+        cols = model_parallel.shard_range(W1.shape[1], r, t)
+        return F.gelu(x[..., cols] @ W1[:, cols].T + b1) @ W2.T
+
+    units = lambda W1, r, t: model_parallel.shard_range(W1.shape[0], r, t)
+    mistakes = [
+        (
+            lambda x, W1, b1, W2, b2, r, t: _tp_partial(x, W1, b1, W2, b2, r, t) + b2,
+            "add the second bias once, after the all-reduce: added on every rank, the sum "
+            "would hold it t times",
+        ),
+        (
+            lambda x, W1, b1, W2, b2, r, t: (
+                (x @ W1[units(W1, r, t)].T + b1[units(W1, r, t)]) @ W2[:, units(W1, r, t)].T
+            ),
+            "apply GELU to your hidden units before the second matrix: it is elementwise, so "
+            "each rank can apply it to its own",
+        ),
+        (
+            strided,
+            "take the contiguous block of hidden units [r·4h/t, (r+1)·4h/t), as "
+            "minidp.model_parallel.shard_range gives it",
+        ),
+        (
+            input_split,
+            "split the first matrix by its 4h outputs, not its h inputs: GELU is not linear, "
+            "so it cannot be applied to partial sums",
+        ),
+        (
+            lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T,
+            "that is the whole MLP's output: each rank computes only its share, its 4h/t units",
+        ),
+        (
+            lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T + b2,
+            "that is the whole MLP's output: each rank computes only its share, its 4h/t units",
+        ),
+    ]
+    return compare("11.tp_mlp_partial", fn, _tp_partial, _tp_cases(), mistakes)

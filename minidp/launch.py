@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 LOOPBACK = "127.0.0.1"
+RENDEZVOUS_S = 60.0  # the least time workers get to find each other, whatever `timeout` is
 
 
 @dataclass(frozen=True)
@@ -146,17 +147,17 @@ def _worker(
     )
     torch.set_num_threads(options["threads"])
     try:
-        # The launcher hosts the rendezvous store; each worker connects to it as a client.
-        store = dist.TCPStore(
-            LOOPBACK, port, is_master=False, timeout=timedelta(seconds=options["timeout"])
-        )
+        # The launcher hosts the rendezvous store; each worker connects to it as a client. Joining
+        # may take seconds on a busy machine, so it gets at least RENDEZVOUS_S, and only then
+        # does the caller's (perhaps much shorter) timeout apply to the collectives.
+        joining = timedelta(seconds=max(options["timeout"], RENDEZVOUS_S))
+        store = dist.TCPStore(LOOPBACK, port, is_master=False, timeout=joining)
         dist.init_process_group(
-            options["backend"],
-            store=store,
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=options["timeout"]),
+            options["backend"], store=store, rank=rank, world_size=world_size, timeout=joining
         )
+        if options["timeout"] < RENDEZVOUS_S:
+            # No public API changes a group's timeout after it is made (torch 2.13).
+            dist.distributed_c10d._set_pg_timeout(timedelta(seconds=options["timeout"]))
         result = fn(*args, **kwargs)
         dist.barrier()  # no rank leaves while another still needs it in a collective
         dist.destroy_process_group()
@@ -268,22 +269,41 @@ def _collect(procs: list, conns: dict, pump: threading.Thread) -> list:
     results: list = [None] * len(procs)
     pending = dict(conns)
     while pending:
+        failures = {}
         for conn in wait_any(list(pending)):
             rank = pending.pop(conn)
-            try:
-                status, payload = pickle.loads(conn.recv_bytes())
-            except EOFError:  # died without a word: a signal, os._exit, or a crash in C++
-                procs[rank].join(timeout=5)
-                status, payload = "error", _describe_exit(procs[rank].exitcode)
+            status, payload = _receive(conn, procs[rank])
             if status == "error":
-                _stop(procs)
-                pump.join(timeout=2)  # let the failing rank's last lines reach the caller
-                raise WorkerError(rank, payload)
-            results[rank] = payload
+                failures[rank] = payload
+            else:
+                results[rank] = payload
+        if failures:
+            # When one rank fails, its partners soon fail too, with "Connection closed by peer".
+            # Give them a moment, then report the rank whose error is not such an echo.
+            for conn in wait_any(list(pending), timeout=0.2):
+                rank = pending.pop(conn)
+                status, payload = _receive(conn, procs[rank])
+                if status == "error":
+                    failures[rank] = payload
+            _stop(procs)
+            pump.join(timeout=2)  # let the failing rank's last lines reach the caller
+            echoes = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+            causes = [r for r, msg in failures.items() if not any(e in msg for e in echoes)]
+            rank = min(causes or failures)
+            raise WorkerError(rank, failures[rank])
     for p in procs:
         p.join()
     pump.join(timeout=5)
     return results
+
+
+def _receive(conn, proc) -> tuple[str, Any]:
+    """A worker's report: ("ok", result) or ("error", traceback or how it died)."""
+    try:
+        return pickle.loads(conn.recv_bytes())
+    except EOFError:  # died without a word: a signal, os._exit, or a crash in C++
+        proc.join(timeout=5)
+        return "error", _describe_exit(proc.exitcode)
 
 
 def _describe_exit(code: int | None) -> str:

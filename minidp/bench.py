@@ -13,30 +13,17 @@ busbw = algbw * 2(p-1)/p, the rate each link must sustain, comparable across wor
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
 import torch.distributed as dist
 
-from minidp.collectives import ALGORITHMS, ring_all_reduce
+from minidp.collectives import ALGORITHMS, ring_all_reduce, timed
+from minidp.collectives import timed as _timed  # noqa: F401  (old name; notebook 07 uses it)
 from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
 from minidp.launch import launch
 from minidp.model import GPT, GPTConfig
 
 SIZES = [4 << 10, 64 << 10, 512 << 10, 4 << 20, 32 << 20]
-
-
-def _timed(fn, repeats: int) -> list[float]:
-    """Seconds per call of fn() on the slowest rank, for each repeat."""
-    times = []
-    for _ in range(repeats):
-        dist.barrier()
-        start = time.perf_counter()
-        fn()
-        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # an all-reduce is done when all are done
-        times.append(elapsed.item())
-    return times
 
 
 def _allreduce_worker(sizes: list[int], repeats: int, warmup: int) -> dict:
@@ -52,7 +39,7 @@ def _allreduce_worker(sizes: list[int], repeats: int, warmup: int) -> dict:
         # Interleave algorithms so that a burst of noise on the machine hits all of them alike.
         for _ in range(repeats):
             for name, fn in candidates.items():
-                runs[name] += _timed(lambda fn=fn, x=x: fn(x), 1)
+                runs[name] += timed(lambda fn=fn, x=x: fn(x), 1)
         medians[size] = {name: statistics.median(t) for name, t in runs.items()}
     return medians
 
@@ -120,7 +107,7 @@ def _ddp_worker(config: GPTConfig, batch: int, repeats: int) -> dict[str, float]
     times: dict[str, list[float]] = {name: [] for name in cases}
     for i in range(repeats + 2):  # the first two rounds warm up caches and allocators
         for name, fn in cases.items():
-            t = _timed(fn, 1)
+            t = timed(fn, 1)
             if i >= 2:
                 times[name] += t
     return {name: statistics.median(t) for name, t in times.items()}

@@ -19,6 +19,7 @@ the bandwidth terms are those of Thakur, Rabenseifner & Gropp (2005).
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -218,3 +219,20 @@ def tree_all_reduce(tensor: Tensor, group=None, record: list | None = None) -> N
 
 
 ALGORITHMS = {"naive": naive_all_reduce, "ring": ring_all_reduce, "tree": tree_all_reduce}
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds per call of fn() on the slowest rank, for each repeat (a collective itself).
+
+    A barrier lines the ranks up before each call; the time that counts is the slowest rank's,
+    since an all-reduce is finished only when it is finished everywhere.
+    """
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        fn()
+        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        times.append(elapsed.item())
+    return times

@@ -33,8 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from minidp.bench import _timed  # seconds per call on the slowest rank, as the benchmarks time
-from minidp.collectives import ring_all_reduce
+from minidp.collectives import ring_all_reduce, timed
 from minidp.launch import launch
 from minidp.model import mse_grad
 
@@ -228,11 +227,11 @@ def _round_time(kind: str, numel: int, repeats: int) -> RoundTime:
             ring_all_reduce(grad)
             theta.add_(grad, alpha=-0.1)
 
-    _timed(one_round, 2)  # warm-up: first-touch page faults, connection set-up
+    timed(one_round, 2)  # warm-up: first-touch page faults, connection set-up
     # CPU time counts what this process itself does (copies into and out of its sockets, sums),
     # not the time it waits, so it stays meaningful when more processes than cores share a laptop.
     cpu = time.process_time()
-    wall = statistics.median(_timed(one_round, repeats))
+    wall = statistics.median(timed(one_round, repeats))
     busiest = torch.tensor([(time.process_time() - cpu) / repeats], dtype=torch.float64)
     dist.all_reduce(busiest, op=dist.ReduceOp.MAX)
     return RoundTime(wall, busiest.item())

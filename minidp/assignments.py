@@ -1,0 +1,317 @@
+"""Classroom assignments: student versions of the notebooks, and a grade report of submissions.
+
+    python -m minidp.assignments student notebooks/ student/      # the course without solutions
+    python -m minidp.assignments grade submissions/*/*.ipynb --out grades  # grades.csv, .json
+
+The notebooks as committed are the one source of truth. A student version replaces the code
+between `# BEGIN SOLUTION` and `# END SOLUTION` by `raise NotImplementedError` at the same
+indentation (the signature and docstring above it stay), removes `### BEGIN HIDDEN TESTS` ...
+`### END HIDDEN TESTS` and cells tagged `remove_cell` or `hidden`, and clears every output. These
+are the markers nbgrader reads (otter-grader reads the same solution markers), so either tool can
+be used instead.
+
+Grading runs each submission top to bottom in a fresh kernel, in a temporary folder, under a time
+limit, and reads `minidp.checks.RESULTS` from the kernel after every cell, so a notebook that
+hangs, kills its kernel or leaves workers running is still graded on what it had checked. The
+exercises expected of notebook NN are the ids "NN.*" in `minidp.checks.CHECKERS`; one never
+checked is "not attempted". A submission is matched to its notebook by its "NN_" file-name
+prefix or else by the exercises it checks; the student is the file's stem (`alice.ipynb`), or
+the folder's name when the file keeps the course's name (`alice/01_loss.ipynb`).
+"""
+
+import argparse
+import copy
+import csv
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+from minidp.checks import CHECKERS, CORRECT, NOT_ATTEMPTED
+
+# ---- student versions
+
+# A whole line each; any number of leading '#', as nbgrader accepts (`### BEGIN SOLUTION` too).
+BEGIN_SOLUTION = re.compile(r"^(\s*)#+\s*BEGIN SOLUTION\b")
+END_SOLUTION = re.compile(r"^\s*#+\s*END SOLUTION\b")
+BEGIN_HIDDEN = re.compile(r"^\s*#+\s*BEGIN HIDDEN TESTS\b")
+END_HIDDEN = re.compile(r"^\s*#+\s*END HIDDEN TESTS\b")
+HIDDEN_TAGS = {"remove_cell", "remove-cell", "hidden"}
+CODE_STUB = "raise NotImplementedError  # your code here"
+MARKDOWN_STUB = "YOUR ANSWER HERE"
+
+
+def strip_solutions(source: str, stub: str = CODE_STUB) -> str:
+    """`source` with each solution block replaced by `stub`, indented like its BEGIN marker,
+    and each hidden-tests block removed, markers included."""
+    kept, block = [], None  # block: the marker that opened the block we are in, if any
+    for number, line in enumerate(source.split("\n"), start=1):
+        opening = BEGIN_SOLUTION.match(line) or BEGIN_HIDDEN.match(line)
+        if opening and block:
+            raise ValueError(f"line {number}: {line.strip()!r} inside a block opened earlier")
+        if opening:
+            block = opening
+            if opening.re is BEGIN_SOLUTION:
+                kept.append(opening[1] + stub)
+        elif END_SOLUTION.match(line) or END_HIDDEN.match(line):
+            closes = BEGIN_SOLUTION if END_SOLUTION.match(line) else BEGIN_HIDDEN
+            if block is None or block.re is not closes:
+                raise ValueError(f"line {number}: {line.strip()!r} closes no open block")
+            block = None
+        elif block is None:
+            kept.append(line)
+    if block:
+        raise ValueError(f"{block[0].strip()!r} is never closed")
+    return "\n".join(kept)
+
+
+def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of `nb` for students: solutions stubbed, hidden cells and tests gone, no outputs."""
+    nb = copy.deepcopy(nb)
+    cells = []
+    for index, cell in enumerate(nb.cells):
+        if HIDDEN_TAGS & set(cell.metadata.get("tags", [])):
+            continue
+        stub = CODE_STUB if cell.cell_type == "code" else MARKDOWN_STUB
+        try:
+            source = strip_solutions(cell.source, stub)
+        except ValueError as e:
+            raise ValueError(f"cell {index}: {e}") from None
+        if cell.source.strip() and not source.strip():
+            continue  # a cell that held only hidden tests
+        cell.source = source
+        cell.metadata.pop("execution", None)  # timings of the instructor's run
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cells.append(cell)
+    nb.cells = cells
+    nb.metadata.pop("widgets", None)  # saved widget state is an output too
+    return nb
+
+
+def write_student_versions(source: Path, out: Path) -> list[Path]:
+    """Write the student version of `source` (a notebook, or a folder of them) into `out`."""
+    paths = [source] if source.is_file() else sorted(source.glob("*.ipynb"))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        try:
+            nb = student_notebook(nbformat.read(path, as_version=4))
+        except ValueError as e:  # a marker out of place: say where, never publish a solution
+            raise ValueError(f"{path}: {e}") from None
+        nbformat.write(nb, out / path.name)
+        written.append(out / path.name)
+    return written
+
+
+# ---- grading
+
+
+@dataclass
+class Graded:
+    student: str
+    notebook: str  # "01", or "??" when neither its name nor its checks tell
+    submission: str
+    outcome: str  # "ran to the end", or why it stopped early
+    exercises: dict[str, dict] = field(default_factory=dict)  # id -> {status, hint, score}
+    errors: list[str] = field(default_factory=list)  # "cell 7: NameError: ...", first lines
+
+    @property
+    def score(self) -> int:
+        return sum(e["score"] for e in self.exercises.values())
+
+
+def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, list[str]]:
+    """(student, notebook number, exercise ids this notebook checks, in the order it does)."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code") if nb else ""
+    checked = list(dict.fromkeys(re.findall(r"""check\(\s*["'](\d\d\.\w+)["']""", code)))
+    prefix = re.match(r"(\d\d)_", path.name)
+    student = path.resolve().parent.name if prefix else path.stem
+    if prefix and any(ex.startswith(prefix[1] + ".") for ex in CHECKERS):
+        return student, prefix[1], checked
+    counts = Counter(ex[:2] for ex in checked)  # the notebook whose exercises it checks most
+    return student, counts.most_common(1)[0][0] if counts else "??", checked
+
+
+def grade(path: Path, limit_s: float = 300.0) -> Graded:
+    """Run the submission at `path` in a fresh kernel and grade what its checks reported."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # a broken file is one student's zero, not the end of the grading
+        nb, unread = None, f"unreadable notebook: {e}"
+    student, number, checked = identify(path, nb)
+    reported, outcome, errors = _run(nb, path, limit_s) if nb else ({}, unread, [])
+    expected = [ex for ex in sorted(CHECKERS) if ex.startswith(number + ".")]
+    graded = Graded(student, number, str(path), outcome, errors=errors)
+    for ex in dict.fromkeys(checked + expected + list(reported)):
+        if ex not in expected and ex not in reported:
+            continue  # mentioned in the code, but neither expected nor ever checked
+        never = "its check never ran" + ("" if outcome == "ran to the end" else f" ({outcome})")
+        status, hint = reported.get(ex, (NOT_ATTEMPTED, never))
+        graded.exercises[ex] = {"status": status, "hint": hint, "score": int(status == CORRECT)}
+    return graded
+
+
+# Printed by the kernel after every cell; the marker is new each run, so no cell can fake it.
+PROBE = (
+    "print({marker!r}, __import__('json').dumps({{r.exercise: [r.status, r.hint] "
+    "for r in __import__('minidp.checks').checks.RESULTS}}))"
+)
+
+
+def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, str, list[str]]:
+    """Execute nb's code cells in a temporary folder: (reported results, outcome, errors)."""
+    marker = f"minidp-grade-{uuid.uuid4().hex}"
+    reported, outcome, errors, index = {}, "ran to the end", [], 0
+    deadline = time.monotonic() + limit_s
+    with tempfile.TemporaryDirectory(prefix="minidp-grade-") as tmp:
+        shutil.copy(path, tmp)  # the notebook may read or overwrite itself: only this copy
+        # The instructor's IPython profile (history, startup files) stays out of the grading.
+        env = {**os.environ, "IPYTHONDIR": str(Path(tmp) / ".ipython")}
+        # Errors are the student's to make: later cells still run and their checks still count.
+        # The submission's kernelspec names the student's kernel: grade in this Python's own.
+        client = NotebookClient(
+            nb, kernel_name="python3", allow_errors=True, extra_arguments=["--log-level=ERROR"]
+        )
+        with client.setup_kernel(cwd=tmp, env=env):
+            kernel_pid = client.km.provisioner.pid
+            try:
+                for index, cell in enumerate(nb.cells):
+                    if cell.cell_type != "code":
+                        continue
+                    if time.monotonic() >= deadline:
+                        raise CellTimeoutError("time limit")
+                    client.timeout = max(1, int(deadline - time.monotonic()))
+                    client.execute_cell(cell, index)
+                    for o in cell.outputs:
+                        if o.output_type == "error":
+                            errors.append(f"cell {index}: {o.ename}: {o.evalue}".split("\n")[0])
+                    probe = nbformat.v4.new_code_cell(PROBE.format(marker=marker))
+                    client.timeout = 30
+                    client.execute_cell(probe, index, store_history=False)
+                    reported = _read_probe(probe, marker) or reported
+            except CellTimeoutError:
+                outcome = f"stopped at the time limit of {limit_s:g} s, in cell {index}"
+            except DeadKernelError:
+                outcome = f"the kernel died in cell {index}"
+            finally:  # before nbclient's shutdown, which would wait for a busy kernel
+                end_process_tree(kernel_pid)
+    return reported, outcome, errors
+
+
+def _read_probe(probe: nbformat.NotebookNode, marker: str) -> dict[str, tuple[str, str]]:
+    for o in probe.outputs:
+        for line in o.get("text", "").splitlines() if o.output_type == "stream" else []:
+            if line.startswith(marker + " "):
+                return {ex: tuple(v) for ex, v in json.loads(line[len(marker) + 1 :]).items()}
+    return {}
+
+
+def end_process_tree(pid: int) -> None:
+    """Kill process `pid`, its descendants, and every process of its session (jupyter starts a
+    kernel as a session leader): workers it forked live on after it, re-parented to init."""
+    procs = {}
+    try:
+        procs = {p.pid: p for p in psutil.Process(pid).children(recursive=True)}
+        procs[pid] = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and os.getsid(p.pid) == pid:
+                procs[p.pid] = p
+        except OSError:  # gone already, or not ours to ask about
+            continue
+    for p in procs.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(list(procs.values()), timeout=10)
+
+
+def write_report(graded: list[Graded], out: Path) -> tuple[Path, Path]:
+    """out.csv, one row per student, notebook and exercise; out.json, one record per notebook."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out.with_name(out.name + ".csv"), out.with_name(out.name + ".json")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student", "notebook", "exercise", "status", "score", "hint"])
+        for g in graded:
+            for ex, e in g.exercises.items():
+                writer.writerow([g.student, g.notebook, ex, e["status"], e["score"], e["hint"]])
+    records = [{**asdict(g), "score": g.score, "max_score": len(g.exercises)} for g in graded]
+    json_path.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+    return csv_path, json_path
+
+
+# ---- command line
+
+
+def _submissions(paths: list[str]) -> list[Path]:
+    found = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():  # a folder of submissions, one folder per student inside it or not
+            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        elif path.is_file() and path.suffix == ".ipynb":
+            found.append(path)
+        else:
+            sys.exit(f"minidp.assignments: error: {name}: no such notebook or folder")
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m minidp.assignments", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    student = commands.add_parser("student", help="write student versions of the notebooks")
+    student.add_argument("source", type=Path, help="a folder of notebooks, or one notebook")
+    student.add_argument("out", type=Path, help="the folder to write them into (made if needed)")
+    grader = commands.add_parser("grade", help="run submissions and write a grade report")
+    grader.add_argument("submissions", nargs="+", help="notebooks, or folders of them")
+    grader.add_argument("--out", type=Path, default=Path("grades"), help="report name (.csv/.json)")
+    grader.add_argument("--timeout", type=float, default=300.0, help="seconds per notebook")
+    args = parser.parse_args(argv)
+
+    if args.command == "student":
+        if not args.source.exists():
+            sys.exit(f"minidp.assignments: error: {args.source}: no such notebook or folder")
+        folder = args.source if args.source.is_dir() else args.source.parent
+        if args.source.is_dir() and not any(folder.glob("*.ipynb")):
+            sys.exit(f"minidp.assignments: error: {args.source}: no notebooks in this folder")
+        if args.out.resolve() == folder.resolve():
+            sys.exit("minidp.assignments: error: OUT is the source folder: it would overwrite it")
+        try:
+            written = write_student_versions(args.source, args.out)
+        except ValueError as e:
+            sys.exit(f"minidp.assignments: error: {e}")
+        print(f"wrote {len(written)} student notebooks to {args.out}")
+        return
+    graded = []
+    for path in _submissions(args.submissions):
+        start = time.monotonic()
+        graded.append(g := grade(path, args.timeout))
+        took = time.monotonic() - start
+        max_score = len(g.exercises)
+        print(f"{g.student:>16} {g.notebook} {g.score}/{max_score}  {g.outcome} ({took:.0f} s)")
+    out = args.out.with_suffix("") if args.out.suffix in (".csv", ".json") else args.out
+    csv_path, json_path = write_report(graded, out)
+    print(f"wrote {csv_path} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""Classroom assignments: student versions stub every solution and still run top to bottom with
+every exercise "not attempted"; grading gives the solutions full marks, the student versions zero,
+a typical wrong answer its checker's hint, and grades notebooks that hang, crash their kernel or
+leave workers running, within the time limit, without touching the instructor's files.
+
+Real notebooks where they are quick (01 grades in about 10 s), small synthetic ones elsewhere.
+"""
+
+import ast
+import hashlib
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from minidp import assignments
+from minidp.assignments import CODE_STUB, strip_solutions, student_notebook
+from minidp.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LOSS = ROOT / "notebooks" / "01_loss.ipynb"
+
+
+# ---- the stub transformation
+
+
+def test_a_solution_that_is_the_whole_body_keeps_signature_and_docstring():
+    source = '''def my_f(x):
+    """Twice x."""
+    # BEGIN SOLUTION
+    y = 2 * x
+    return y
+    # END SOLUTION'''
+    assert strip_solutions(source) == f'def my_f(x):\n    """Twice x."""\n    {CODE_STUB}'
+    namespace = {}
+    exec(strip_solutions(source), namespace)
+    with pytest.raises(NotImplementedError):
+        namespace["my_f"](1)
+
+
+def test_stubs_keep_the_indentation_of_each_block_and_the_code_between_blocks():
+    source = """class Model:
+    def step(self, x):
+        for _ in range(3):
+            # BEGIN SOLUTION
+            x = x + 1
+            # END SOLUTION
+        return x
+
+    def loss(self, x):
+        ### BEGIN SOLUTION
+        return x**2
+        ### END SOLUTION"""
+    expected = f"""class Model:
+    def step(self, x):
+        for _ in range(3):
+            {CODE_STUB}
+        return x
+
+    def loss(self, x):
+        {CODE_STUB}"""
+    assert strip_solutions(source) == expected
+    ast.parse(expected)
+
+
+def test_a_block_at_module_level_becomes_a_stub_at_column_zero():
+    source = "import torch\n# BEGIN SOLUTION\nanswer = torch.ones(3)\n# END SOLUTION\nanswer"
+    assert strip_solutions(source) == f"import torch\n{CODE_STUB}\nanswer"
+
+
+def test_hidden_tests_go_and_visible_ones_stay():
+    source = """assert my_f(1) == 2
+### BEGIN HIDDEN TESTS
+assert my_f(-3) == -6
+### END HIDDEN TESTS
+print("ok")"""
+    assert strip_solutions(source) == 'assert my_f(1) == 2\nprint("ok")'
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        ("x = 1\n    # BEGIN SOLUTION\ny = 2", "never closed"),
+        ("x = 1\n# END SOLUTION", "line 2"),
+        ("# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION", "line 2"),
+        ("### BEGIN HIDDEN TESTS\nx\n# END SOLUTION", "line 3"),
+    ],
+)
+def test_markers_out_of_place_are_errors_that_say_where(source, words):
+    with pytest.raises(ValueError, match=words):
+        strip_solutions(source)
+
+
+def test_student_notebook_clears_outputs_and_removes_hidden_cells_but_not_the_original():
+    solved = new_code_cell(
+        "def my_f(x):\n    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION"
+    )
+    solved.outputs = [nbformat.v4.new_output("stream", text="secret\n")]
+    solved.execution_count = 7
+    tagged = new_code_cell("ANSWER = 42", metadata={"tags": ["remove_cell"]})
+    only_hidden = new_code_cell("### BEGIN HIDDEN TESTS\nassert my_f(2) == 4\n### END HIDDEN TESTS")
+    prose = new_markdown_cell("Why?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION")
+    nb = new_notebook(cells=[solved, tagged, only_hidden, prose, new_code_cell("")])
+    nb.metadata["widgets"] = {"state": "saved"}
+    original = nbformat.writes(nb)
+
+    student = student_notebook(nb)
+    assert [c.source for c in student.cells] == [
+        f"def my_f(x):\n    {CODE_STUB}",
+        f"Why?\n{assignments.MARKDOWN_STUB}",
+        "",
+    ]
+    assert student.cells[0].outputs == [] and student.cells[0].execution_count is None
+    assert "widgets" not in student.metadata
+    assert nbformat.writes(nb) == original
+
+
+# ---- the command line
+
+
+def test_help_explains_both_commands(capsys):
+    with pytest.raises(SystemExit) as exit:
+        assignments.main(["--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "student" in out and "grade" in out
+    with pytest.raises(SystemExit):
+        assignments.main(["grade", "--help"])
+    assert "--timeout" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["student", "no/such/folder", "out"],
+        ["grade", "no/such/notebook.ipynb"],
+        ["grade", str(LOSS), "no/such/notebook.ipynb"],
+    ],
+)
+def test_bad_paths_are_one_line_errors(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        assignments.main(argv)
+    message = str(exit.value.code)
+    assert "no/such" in message and "\n" not in message
+
+
+def test_student_versions_never_overwrite_the_source(tmp_path):
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), tmp_path / "01_x.ipynb")
+    with pytest.raises(SystemExit) as exit:
+        assignments.main(["student", str(tmp_path), str(tmp_path)])
+    assert "overwrite" in str(exit.value.code)
+
+
+def test_student_versions_of_the_course_hold_no_solution(tmp_path):
+    assignments.main(["student", str(ROOT / "notebooks"), str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        solved, student = (nbformat.read(p, as_version=4) for p in (path, tmp_path / path.name))
+        text = "\n".join(c.source for c in student.cells)
+        assert "SOLUTION" not in text and "HIDDEN TESTS" not in text, path.name
+        blocks = sum(c.source.count("BEGIN SOLUTION") for c in solved.cells)
+        assert text.count(CODE_STUB) == blocks, path.name
+
+
+# ---- student versions run clean
+
+
+def expected(notebook: Path) -> set[str]:
+    return {ex for ex in CHECKERS if ex.startswith(notebook.name[:2] + ".")}
+
+
+def run_student_version(path: Path) -> dict[str, str]:
+    """Run it top to bottom (any cell error fails), and return minidp.checks.report()."""
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(
+        new_code_cell("import json, minidp.checks\nprint(json.dumps(minidp.checks.report()))")
+    )
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+    return json.loads(nb.cells[-1].outputs[0]["text"])
+
+
+@pytest.mark.timeout(3600)
+def test_every_student_version_runs_top_to_bottom_with_nothing_attempted(tmp_path):
+    paths = assignments.write_student_versions(ROOT / "notebooks", tmp_path)
+
+    def outcome(path: Path) -> str | dict:
+        try:
+            return run_student_version(path)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+
+    # Two at a time (each starts worker processes on 2 cores); a notebook that fails next to
+    # another gets one run of its own, so a timing-sensitive cell is not blamed on contention.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = dict(zip(paths, pool.map(outcome, paths), strict=True))
+    failures = []
+    for path, result in outcomes.items():
+        if isinstance(result, str):
+            result = outcome(path)
+        if isinstance(result, str):
+            failures.append(f"{path.name}: {result[-2000:]}")
+        elif set(result) != expected(path) or set(result.values()) != {NOT_ATTEMPTED}:
+            failures.append(f"{path.name}: checks {result}, expected {sorted(expected(path))}")
+    assert not failures, "\n\n".join(failures)
+
+
+# ---- grading
+
+
+def answered(source: Path, function: str, body: str, to: Path) -> Path:
+    """A copy of `source` in which the solution of `function` is `body`, a learner's answer."""
+    nb = nbformat.read(source, as_version=4)
+    (cell,) = [c for c in nb.cells if f"def {function}(" in c.source]
+    head, rest = cell.source.split("# BEGIN SOLUTION")
+    cell.source = head.rstrip(" ") + body + rest.split("# END SOLUTION")[1]
+    to.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, to)
+    return to
+
+
+def tree_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes() if path.is_file() else b"dir")
+    return digest.hexdigest()
+
+
+def test_grading_solutions_student_versions_and_typical_mistakes(tmp_path, monkeypatch):
+    course = tmp_path / "course"  # the instructor's folder: submissions, and the grader's cwd
+    subs = course / "submissions"
+    (subs / "alice").mkdir(parents=True)
+    shutil.copy(LOSS, subs / "alice")  # the solutions as committed
+    assignments.write_student_versions(LOSS, subs / "bob")  # the student version, untouched
+    # A learner forgets 1/m; another sums over positions; both files named by the student, one
+    # without the notebook's number, so it is matched by the exercises it checks.
+    forgot_m = "    return ((X @ theta - y) ** 2).sum() / 2"
+    answered(LOSS, "my_mse", forgot_m, subs / "carol.ipynb")
+    summed = "    return -logits.log_softmax(-1)[torch.arange(len(targets)), targets].sum()"
+    answered(LOSS, "my_cross_entropy", summed, subs / "dave-loss.ipynb")
+    before = tree_hash(course)
+    monkeypatch.chdir(course)
+
+    assignments.main(["grade", str(subs), "--out", str(tmp_path / "report" / "grades")])
+
+    assert tree_hash(course) == before
+    records = json.loads((tmp_path / "report" / "grades.json").read_text())
+    by_student = {r["student"]: r for r in records}
+    assert sorted(by_student) == ["alice", "bob", "carol", "dave-loss"]
+    for r in records:
+        assert r["notebook"] == "01" and r["outcome"] == "ran to the end"
+        assert list(r["exercises"]) == ["01.mse", "01.cross_entropy"]
+    status = {
+        s: {ex: e["status"] for ex, e in r["exercises"].items()} for s, r in by_student.items()
+    }
+    assert status["alice"] == {"01.mse": CORRECT, "01.cross_entropy": CORRECT}
+    assert status["bob"] == {"01.mse": NOT_ATTEMPTED, "01.cross_entropy": NOT_ATTEMPTED}
+    assert status["carol"] == {"01.mse": INCORRECT, "01.cross_entropy": CORRECT}
+    assert status["dave-loss"] == {"01.mse": CORRECT, "01.cross_entropy": INCORRECT}
+    assert by_student["carol"]["exercises"]["01.mse"]["hint"] == "J is a mean: divide by m as well"
+    assert (
+        "average over the N positions"
+        in by_student["dave-loss"]["exercises"]["01.cross_entropy"]["hint"]
+    )
+    scores = {s: (r["score"], r["max_score"]) for s, r in by_student.items()}
+    assert scores == {"alice": (2, 2), "bob": (0, 2), "carol": (1, 2), "dave-loss": (1, 2)}
+
+    rows = (tmp_path / "report" / "grades.csv").read_text().splitlines()
+    assert rows[0] == "student,notebook,exercise,status,score,hint"
+    assert "carol,01,01.mse,incorrect,0,J is a mean: divide by m as well" in rows
+    assert len(rows) == 1 + 4 * 2
+
+
+# Small synthetic notebooks: the first cell answers 01.mse correctly, the last 01.cross_entropy.
+MSE = """import minidp
+def my_mse(theta, X, y):
+    return ((X @ theta - y) ** 2).sum() / (2 * len(y))
+minidp.checks.check("01.mse", my_mse)"""
+CROSS_ENTROPY = """import torch
+def my_cross_entropy(z, t):
+    return -(z - torch.logsumexp(z, -1, keepdim=True))[torch.arange(len(t)), t].mean()
+minidp.checks.check("01.cross_entropy", my_cross_entropy)"""
+
+
+def synthetic(folder: Path, name: str, *cells: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = new_notebook(cells=[new_code_cell(c) for c in (MSE, *cells, CROSS_ENTROPY)])
+    nb.metadata["kernelspec"] = {"name": "someone-elses-kernel", "display_name": "?"}
+    nbformat.write(nb, folder / name)
+    return folder / name
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_errors_in_cells_do_not_lose_later_checks_nor_touch_the_instructors_files(
+    tmp_path, monkeypatch
+):
+    course = tmp_path / "course"
+    path = synthetic(
+        course,
+        "01_loss.ipynb",
+        "undefined_name",
+        "open('01_loss.ipynb', 'w').write('{}')  # overwrites its own copy, not the submission",
+        "import pathlib; pathlib.Path('out').mkdir(); pathlib.Path('out/x').write_text('x')",
+    )
+    before = tree_hash(course)
+    monkeypatch.chdir(course)
+    graded = assignments.grade(path, limit_s=60)
+    assert tree_hash(course) == before
+    assert graded.outcome == "ran to the end" and graded.score == 2
+    assert graded.errors[0].startswith("cell 1: NameError")
+
+
+@pytest.mark.parametrize(
+    "trouble, outcome",
+    [
+        ("import time; time.sleep(10**6)", "time limit of 20 s, in cell 1"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "the kernel died in cell 1"),
+    ],
+)
+def test_a_notebook_that_hangs_or_crashes_is_graded_on_what_it_checked(tmp_path, trouble, outcome):
+    path = synthetic(tmp_path, "01_loss.ipynb", trouble)
+    start = time.monotonic()
+    graded = assignments.grade(path, limit_s=20)
+    assert time.monotonic() - start < 20 + 30  # kernel start-up and tear-down included
+    assert outcome in graded.outcome
+    assert graded.exercises["01.mse"]["status"] == CORRECT
+    never = graded.exercises["01.cross_entropy"]
+    assert never["status"] == NOT_ATTEMPTED and outcome in never["hint"]
+    assert psutil.Process().children(recursive=True) == []
+
+
+def test_workers_that_never_end_are_ended_after_grading(tmp_path):
+    pids = tmp_path / "pids"
+    workers = f"""import multiprocessing, subprocess, time
+forked = multiprocessing.Process(target=time.sleep, args=(10**6,))  # not a daemon: joined at exit
+forked.start()
+own_session = subprocess.Popen(["sleep", "1000000"], start_new_session=True)
+# the shell exits at once: its sleep lives on, re-parented to init, in the kernel's session
+orphan = subprocess.run("sleep 1000000 >/dev/null 2>&1 & echo $!", shell=True, capture_output=True)
+open({str(pids)!r}, "w").write(f"{{forked.pid}} {{own_session.pid}} {{orphan.stdout.decode()}}")"""
+    path = synthetic(tmp_path, "01_loss.ipynb", workers)
+    start = time.monotonic()
+    graded = assignments.grade(path, limit_s=60)
+    assert time.monotonic() - start < 60
+    assert graded.outcome == "ran to the end" and graded.score == 2
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 3 and not any(alive(pid) for pid in started)
+    assert psutil.Process().children(recursive=True) == []

@@ -660,7 +660,7 @@ def parallel_layout(dp: int, tp: int, pp: int) -> Figure:
     for rank in range(dp * tp * pp):
         d, p, t = model_parallel.coordinates(rank, dp, tp, pp)
         x, y = d * (tp + 0.5) + t, p * 1.2
-        _block(ax, x + 0.05, y + 0.05, 0.9, 0.9, f"C{d}", f"GPU {rank}\nt{t}")
+        _block(ax, x + 0.05, y + 0.05, 0.9, 0.9, f"C{d}", f"GPU {rank}\nshard {t}")
     for d in range(dp):
         for p in range(pp):
             ax.add_patch(plt.Rectangle((d * (tp + 0.5) - 0.05, p * 1.2 - 0.05), tp + 0.1, 1.1,
@@ -669,7 +669,11 @@ def parallel_layout(dp: int, tp: int, pp: int) -> Figure:
     for p in range(pp):
         ax.text(-0.2, p * 1.2 + 0.5, f"stage {p}", ha="right", va="center", fontsize=9)
     ax.set(xlim=(-1.3, dp * (tp + 0.5)), ylim=(pp * 1.2, -0.6), aspect="equal")
-    ax.set_title(f"dp = {dp}, tp = {tp}, pp = {pp}: {dp * tp * pp} GPUs", fontsize=10)
+    ax.set_title(
+        f"dp = {dp}, tp = {tp}, pp = {pp}: {dp * tp * pp} GPUs\ndashed box: one tensor-parallel "
+        "group; row: a pipeline stage; colour: a data-parallel replica",
+        fontsize=9,
+    )
     ax.axis("off")
     return fig
 

@@ -1,25 +1,23 @@
 """Classroom assignments: student versions of the notebooks, and a grade report of submissions.
 
-    python -m minidp.assignments student notebooks/ student/      # the course without solutions
-    python -m minidp.assignments grade submissions/*/*.ipynb --out grades  # grades.csv, .json
+    python -m minidp.assignments student notebooks/ student/    # the course without solutions
+    python -m minidp.assignments grade alice/01_loss.ipynb bob.ipynb --out grades  # .csv, .json
 
-The notebooks as committed are the one source of truth. A student version replaces the code
-between `# BEGIN SOLUTION` and `# END SOLUTION` by `raise NotImplementedError` at the same
-indentation (the signature and docstring above it stay), removes `### BEGIN HIDDEN TESTS` ...
-`### END HIDDEN TESTS` and cells tagged `remove_cell` or `hidden`, and clears every output. These
-are the markers nbgrader reads (otter-grader reads the same solution markers), so either tool can
-be used instead.
+A student version replaces the code between `# BEGIN SOLUTION` and `# END SOLUTION` by
+`raise NotImplementedError` at the same indentation (the signature and docstring above stay),
+removes `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` and cells tagged `remove_cell` or
+`hidden`, and clears all outputs: nbgrader's markers (otter-grader reads the same solution ones).
 
-Grading runs each submission top to bottom in a fresh kernel, in a temporary folder, under a time
-limit, and reads `minidp.checks.RESULTS` from the kernel after every cell, so a notebook that
-hangs, kills its kernel or leaves workers running is still graded on what it had checked. The
-exercises expected of notebook NN are the ids "NN.*" in `minidp.checks.CHECKERS`; one never
-checked is "not attempted". A submission is matched to its notebook by its "NN_" file-name
-prefix or else by the exercises it checks; the student is the file's stem (`alice.ipynb`), or
-the folder's name when the file keeps the course's name (`alice/01_loss.ipynb`).
+Grading runs each submission in a fresh kernel, in a temporary folder, under a time limit, and
+reads `minidp.checks.RESULTS` after every cell: a notebook that hangs, kills its kernel or leaves
+workers running is graded on what it had checked. Notebook NN expects the exercises "NN.*" of
+`minidp.checks.CHECKERS`; one never checked is "not attempted". A submission is notebook NN by
+its "NN_" file-name prefix, or else by the exercises it checks; the student is the file's stem
+(`bob.ipynb`), or the folder's name when the file keeps the course's name (`alice/01_loss.ipynb`).
 """
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -30,7 +28,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,11 +40,8 @@ from minidp.checks import CHECKERS, CORRECT, NOT_ATTEMPTED
 
 # ---- student versions
 
-# A whole line each; any number of leading '#', as nbgrader accepts (`### BEGIN SOLUTION` too).
-BEGIN_SOLUTION = re.compile(r"^(\s*)#+\s*BEGIN SOLUTION\b")
-END_SOLUTION = re.compile(r"^\s*#+\s*END SOLUTION\b")
-BEGIN_HIDDEN = re.compile(r"^\s*#+\s*BEGIN HIDDEN TESTS\b")
-END_HIDDEN = re.compile(r"^\s*#+\s*END HIDDEN TESTS\b")
+# A whole line each, any number of '#' (nbgrader writes `### BEGIN SOLUTION` too).
+MARKER = re.compile(r"^(\s*)#+\s*(BEGIN|END) (SOLUTION|HIDDEN TESTS)\b")
 HIDDEN_TAGS = {"remove_cell", "remove-cell", "hidden"}
 CODE_STUB = "raise NotImplementedError  # your code here"
 MARKDOWN_STUB = "YOUR ANSWER HERE"
@@ -56,24 +50,21 @@ MARKDOWN_STUB = "YOUR ANSWER HERE"
 def strip_solutions(source: str, stub: str = CODE_STUB) -> str:
     """`source` with each solution block replaced by `stub`, indented like its BEGIN marker,
     and each hidden-tests block removed, markers included."""
-    kept, block = [], None  # block: the marker that opened the block we are in, if any
+    kept, inside = [], None  # inside: "SOLUTION" or "HIDDEN TESTS" within a block
     for number, line in enumerate(source.split("\n"), start=1):
-        opening = BEGIN_SOLUTION.match(line) or BEGIN_HIDDEN.match(line)
-        if opening and block:
-            raise ValueError(f"line {number}: {line.strip()!r} inside a block opened earlier")
-        if opening:
-            block = opening
-            if opening.re is BEGIN_SOLUTION:
-                kept.append(opening[1] + stub)
-        elif END_SOLUTION.match(line) or END_HIDDEN.match(line):
-            closes = BEGIN_SOLUTION if END_SOLUTION.match(line) else BEGIN_HIDDEN
-            if block is None or block.re is not closes:
-                raise ValueError(f"line {number}: {line.strip()!r} closes no open block")
-            block = None
-        elif block is None:
-            kept.append(line)
-    if block:
-        raise ValueError(f"{block[0].strip()!r} is never closed")
+        marker = MARKER.match(line)
+        if marker is None:
+            if inside is None:
+                kept.append(line)
+            continue
+        indent, edge, what = marker.groups()
+        if (edge == "BEGIN") != (inside is None) or (edge == "END" and what != inside):
+            raise ValueError(f"line {number}: {line.strip()!r} is out of place")
+        inside = what if edge == "BEGIN" else None
+        if edge == "BEGIN" and what == "SOLUTION":
+            kept.append(indent + stub)
+    if inside:
+        raise ValueError(f"BEGIN {inside} is never closed")
     return "\n".join(kept)
 
 
@@ -141,8 +132,8 @@ def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, li
     student = path.resolve().parent.name if prefix else path.stem
     if prefix and any(ex.startswith(prefix[1] + ".") for ex in CHECKERS):
         return student, prefix[1], checked
-    counts = Counter(ex[:2] for ex in checked)  # the notebook whose exercises it checks most
-    return student, counts.most_common(1)[0][0] if counts else "??", checked
+    numbers = [ex[:2] for ex in checked]  # the notebook whose exercises it checks most
+    return student, max(numbers, key=numbers.count, default="??"), checked
 
 
 def grade(path: Path, limit_s: float = 300.0) -> Graded:
@@ -172,43 +163,47 @@ PROBE = (
 
 
 def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, str, list[str]]:
-    """Execute nb's code cells in a temporary folder: (reported results, outcome, errors)."""
-    marker = f"minidp-grade-{uuid.uuid4().hex}"
-    reported, outcome, errors, index = {}, "ran to the end", [], 0
-    deadline = time.monotonic() + limit_s
+    """Execute nb in a fresh kernel in a temporary folder: (results, outcome, errors)."""
     with tempfile.TemporaryDirectory(prefix="minidp-grade-") as tmp:
         shutil.copy(path, tmp)  # the notebook may read or overwrite itself: only this copy
         # The instructor's IPython profile (history, startup files) stays out of the grading.
         env = {**os.environ, "IPYTHONDIR": str(Path(tmp) / ".ipython")}
-        # Errors are the student's to make: later cells still run and their checks still count.
         # The submission's kernelspec names the student's kernel: grade in this Python's own.
+        # Errors are the student's to make: later cells still run and their checks still count.
         client = NotebookClient(
             nb, kernel_name="python3", allow_errors=True, extra_arguments=["--log-level=ERROR"]
         )
         with client.setup_kernel(cwd=tmp, env=env):
             kernel_pid = client.km.provisioner.pid
             try:
-                for index, cell in enumerate(nb.cells):
-                    if cell.cell_type != "code":
-                        continue
-                    if time.monotonic() >= deadline:
-                        raise CellTimeoutError("time limit")
-                    client.timeout = max(1, int(deadline - time.monotonic()))
-                    client.execute_cell(cell, index)
-                    for o in cell.outputs:
-                        if o.output_type == "error":
-                            errors.append(f"cell {index}: {o.ename}: {o.evalue}".split("\n")[0])
-                    probe = nbformat.v4.new_code_cell(PROBE.format(marker=marker))
-                    client.timeout = 30
-                    client.execute_cell(probe, index, store_history=False)
-                    reported = _read_probe(probe, marker) or reported
-            except CellTimeoutError:
-                outcome = f"stopped at the time limit of {limit_s:g} s, in cell {index}"
-            except DeadKernelError:
-                outcome = f"the kernel died in cell {index}"
+                return _run_cells(client, nb, time.monotonic() + limit_s, limit_s)
             finally:  # before nbclient's shutdown, which would wait for a busy kernel
                 end_process_tree(kernel_pid)
-    return reported, outcome, errors
+
+
+def _run_cells(client: NotebookClient, nb, deadline: float, limit_s: float):
+    marker = f"minidp-grade-{uuid.uuid4().hex}"
+    results, outcome, errors, index = {}, "ran to the end", [], 0
+    try:
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if time.monotonic() >= deadline:
+                raise CellTimeoutError("time limit")
+            client.timeout = max(1, int(deadline - time.monotonic()))  # whole seconds only
+            client.execute_cell(cell, index)
+            for o in cell.outputs:
+                if o.output_type == "error":
+                    errors.append(f"cell {index}: {o.ename}: {o.evalue}".split("\n")[0])
+            probe = nbformat.v4.new_code_cell(PROBE.format(marker=marker))
+            client.timeout = 30
+            client.execute_cell(probe, index, store_history=False)
+            results = _read_probe(probe, marker) or results
+    except CellTimeoutError:
+        outcome = f"stopped at the time limit of {limit_s:g} s, in cell {index}"
+    except DeadKernelError:
+        outcome = f"the kernel died in cell {index}"
+    return results, outcome, errors
 
 
 def _read_probe(probe: nbformat.NotebookNode, marker: str) -> dict[str, tuple[str, str]]:
@@ -222,24 +217,17 @@ def _read_probe(probe: nbformat.NotebookNode, marker: str) -> dict[str, tuple[st
 def end_process_tree(pid: int) -> None:
     """Kill process `pid`, its descendants, and every process of its session (jupyter starts a
     kernel as a session leader): workers it forked live on after it, re-parented to init."""
-    procs = {}
-    try:
-        procs = {p.pid: p for p in psutil.Process(pid).children(recursive=True)}
-        procs[pid] = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        pass
+    procs = []
     for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and os.getsid(p.pid) == pid:
-                procs[p.pid] = p
-        except OSError:  # gone already, or not ours to ask about
-            continue
-    for p in procs.values():
-        try:
+        with contextlib.suppress(OSError):  # gone already, or not ours to ask about
+            if os.getsid(p.pid) == pid:
+                procs.append(p)
+    with contextlib.suppress(psutil.NoSuchProcess):  # and those that started their own session
+        procs += psutil.Process(pid).children(recursive=True)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(list(procs.values()), timeout=10)
+    psutil.wait_procs(procs, timeout=10)
 
 
 def write_report(graded: list[Graded], out: Path) -> tuple[Path, Path]:
@@ -260,54 +248,48 @@ def write_report(graded: list[Graded], out: Path) -> tuple[Path, Path]:
 # ---- command line
 
 
-def _submissions(paths: list[str]) -> list[Path]:
-    found = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():  # a folder of submissions, one folder per student inside it or not
-            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-        elif path.is_file() and path.suffix == ".ipynb":
-            found.append(path)
-        else:
-            sys.exit(f"minidp.assignments: error: {name}: no such notebook or folder")
-    return found
+def _fail(message: str) -> None:
+    sys.exit(f"minidp.assignments: error: {message}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m minidp.assignments", description=__doc__.split("\n\n")[0]
+        prog="python -m minidp.assignments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     student = commands.add_parser("student", help="write student versions of the notebooks")
     student.add_argument("source", type=Path, help="a folder of notebooks, or one notebook")
     student.add_argument("out", type=Path, help="the folder to write them into (made if needed)")
     grader = commands.add_parser("grade", help="run submissions and write a grade report")
-    grader.add_argument("submissions", nargs="+", help="notebooks, or folders of them")
+    grader.add_argument("submissions", nargs="+", type=Path, help="the notebooks to grade")
     grader.add_argument("--out", type=Path, default=Path("grades"), help="report name (.csv/.json)")
     grader.add_argument("--timeout", type=float, default=300.0, help="seconds per notebook")
     args = parser.parse_args(argv)
 
     if args.command == "student":
-        if not args.source.exists():
-            sys.exit(f"minidp.assignments: error: {args.source}: no such notebook or folder")
-        folder = args.source if args.source.is_dir() else args.source.parent
-        if args.source.is_dir() and not any(folder.glob("*.ipynb")):
-            sys.exit(f"minidp.assignments: error: {args.source}: no notebooks in this folder")
-        if args.out.resolve() == folder.resolve():
-            sys.exit("minidp.assignments: error: OUT is the source folder: it would overwrite it")
+        source, out = args.source, args.out
+        folder = source if source.is_dir() else source.parent
+        if not (source.suffix == ".ipynb" and source.is_file()) and not any(folder.glob("*.ipynb")):
+            _fail(f"{source}: no such notebook, or no notebooks in this folder")
+        if out.resolve() == folder.resolve():
+            _fail(f"{out} holds the notebooks with solutions: writing there would overwrite them")
         try:
-            written = write_student_versions(args.source, args.out)
+            written = write_student_versions(source, out)
         except ValueError as e:
-            sys.exit(f"minidp.assignments: error: {e}")
-        print(f"wrote {len(written)} student notebooks to {args.out}")
+            _fail(str(e))
+        print(f"wrote {len(written)} student notebooks to {out}")
         return
+    for path in args.submissions:
+        if not (path.is_file() and path.suffix == ".ipynb"):
+            _fail(f"{path}: no such notebook")
     graded = []
-    for path in _submissions(args.submissions):
+    for path in args.submissions:
         start = time.monotonic()
         graded.append(g := grade(path, args.timeout))
-        took = time.monotonic() - start
-        max_score = len(g.exercises)
-        print(f"{g.student:>16} {g.notebook} {g.score}/{max_score}  {g.outcome} ({took:.0f} s)")
+        score, took = f"{g.score}/{len(g.exercises)}", time.monotonic() - start
+        print(f"{g.student:>16} {g.notebook} {score:>5}  {g.outcome} ({took:.0f} s)")
     out = args.out.with_suffix("") if args.out.suffix in (".csv", ".json") else args.out
     csv_path, json_path = write_report(graded, out)
     print(f"wrote {csv_path} and {json_path}")

@@ -253,7 +253,8 @@ def test_grading_solutions_student_versions_and_typical_mistakes(tmp_path, monke
     before = tree_hash(course)
     monkeypatch.chdir(course)
 
-    assignments.main(["grade", str(subs), "--out", str(tmp_path / "report" / "grades")])
+    submissions = sorted(str(p) for p in subs.rglob("*.ipynb"))
+    assignments.main(["grade", *submissions, "--out", str(tmp_path / "report" / "grades")])
 
     assert tree_hash(course) == before
     records = json.loads((tmp_path / "report" / "grades.json").read_text())

@@ -76,9 +76,9 @@ def neg_log_prob() -> Figure:
     """The cross-entropy of one prediction, -log p, against the probability p of the right token."""
     fig = Figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.subplots()
-    p = torch.linspace(0.005, 1, 200)
+    p = torch.linspace(0.002, 1, 500)
     ax.plot(p, -torch.log(p))
-    ax.axvline(1 / 256, color="0.6", linestyle=":", label="uniform guess over 256 bytes")
+    ax.plot(1 / 256, math.log(256), "o", label="uniform guess over 256 bytes: log 256 ≈ 5.55")
     ax.set(xlabel="p (probability given to the right next token)", ylabel="loss  -log p")
     ax.legend(fontsize=8)
     return fig
@@ -103,13 +103,13 @@ def descent_paths(X: Tensor, y: Tensor, paths: dict[str, Tensor], limits=LIMITS)
     return fig
 
 
-def loss_curves(curves: dict[str, Tensor]) -> Figure:
+def loss_curves(curves: dict[str, Tensor], ylabel: str = r"$J(\theta)$") -> Figure:
     """Loss against step for each run, on a log scale (where a steady rate is a straight line)."""
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.subplots()
     for label, losses in curves.items():
         ax.plot(losses, label=label)
-    ax.set(yscale="log", xlabel="step", ylabel=r"$J(\theta)$")
+    ax.set(yscale="log", xlabel="step", ylabel=ylabel)
     ax.legend(fontsize=8)
     return fig
 

@@ -144,6 +144,8 @@ def _clone(a):
 
 @dataclass(frozen=True)
 class Requirement:
+    """One thing the course needs (or can use, when not required), and whether it is here."""
+
     what: str
     ok: bool
     detail: str  # what was found, or what to do about it
@@ -152,6 +154,8 @@ class Requirement:
 
 @dataclass(frozen=True)
 class Environment:
+    """The answer of check_environment(): prints one line per requirement, ✅, ❌ or ➖."""
+
     requirements: list[Requirement]
 
     @property
@@ -191,7 +195,9 @@ def check_environment() -> Environment:
     """What the course needs on this machine, each item found or missing, saying what to do."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     memory = _memory_gb()
-    gpu = torch.cuda.is_available()
+    # device_count asks NVML, not CUDA itself, so the workers minidp.launch forks later can still
+    # start cleanly; torch.cuda.is_available() would initialise CUDA in this process.
+    gpus = torch.cuda.device_count()
     gloo = dist.is_available() and dist.is_gloo_available()
     fork = "fork" in multiprocessing.get_all_start_methods()
     return Environment(
@@ -210,9 +216,9 @@ def check_environment() -> Environment:
             _package("ipywidgets", (8, 0), "it draws the sliders"),
             Requirement(
                 "GPU",
-                gpu,
-                torch.cuda.get_device_name()
-                if gpu
+                gpus > 0,
+                f"{gpus} CUDA device(s), for the trainer; the notebooks' workers use the CPU"
+                if gpus
                 else "none, and none is needed: all runs on CPU",
                 required=False,
             ),

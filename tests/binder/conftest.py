@@ -9,6 +9,16 @@ import pytest
 ROWS = pytest.StashKey[list]()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Run only when asked for by name (-m binder), so that a plain `pytest tests` stays quick."""
+    if "binder" in config.getoption("markexpr", ""):
+        return
+    skip = pytest.mark.skip(reason="minutes long: run it with -m binder (make test-binder)")
+    for item in items:
+        if item.get_closest_marker("binder"):
+            item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "binder: builds a fresh environment from binder/ and runs every notebook in it"

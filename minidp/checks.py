@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minidp import data, model, model_parallel
+from minidp.ddp import DistributedDataParallel
 from minidp.launch import WorkerError, launch
 from minidp.parameter_server import batch_indices
 
@@ -783,6 +784,586 @@ def _check_ring_seconds(fn: Callable) -> CheckResult:
         ),
     ]
     return compare("06.ring_seconds", fn, ring, cases, mistakes)
+
+
+# ---- 07 DDP by hand: the learner's start broadcast and gradient averaging, on real processes
+
+
+class _Normed(torch.nn.Module):
+    """Two layers around a BatchNorm, whose running statistics are buffers, not parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(3, 4)
+        self.norm = torch.nn.BatchNorm1d(4)
+        self.out = torch.nn.Linear(4, 2)
+
+
+def _rank_start(rank: int) -> _Normed:
+    """The model as rank `rank` builds it on its own: its own random parameters and buffers."""
+    torch.manual_seed(700 + rank)
+    net = _Normed()
+    with torch.no_grad():
+        net.norm.running_mean.normal_()
+        net.norm.running_var.uniform_(0.5, 2.0)
+        net.norm.num_batches_tracked.fill_(3 * rank + 1)
+    return net
+
+
+def _state(net: torch.nn.Module) -> dict[str, Tensor]:
+    return {name: t.detach().clone() for name, t in net.state_dict().items()}
+
+
+def _broadcast_worker(fn: Callable) -> dict[str, Tensor] | str:
+    net = _rank_start(dist.get_rank())
+    return _SKIPPED if _learner_call(fn, net) is _SKIPPED else _state(net)
+
+
+@checker("07.broadcast_parameters")
+def _check_broadcast_parameters(fn: Callable) -> CheckResult:
+    exercise, p = "07.broadcast_parameters", 3
+    got = _on_workers(exercise, p, _broadcast_worker, fn)
+    if isinstance(got, CheckResult):
+        return got
+    starts = [_state(_rank_start(r)) for r in range(p)]
+    names = list(starts[0])
+    params = [name for name, _ in _Normed().named_parameters()]
+    right = {name for name in names if all(same(g[name], starts[0][name]) for g in got)}
+    if len(right) == len(names):
+        return CheckResult(exercise, CORRECT)
+    floats = [name for name in names if starts[0][name].is_floating_point()]
+    total = lambda name: sum(s[name] for s in starts)
+    if all(same(g[name], total(name) / p) for g in got for name in floats):
+        hint = (
+            "every rank holds the average of the K starts: equal, but not rank 0's, and an "
+            "average of K random initialisations is shrunk by about √K; broadcast rank 0's instead"
+        )
+        return CheckResult(exercise, INCORRECT, hint)
+    if all(same(g[name], total(name)) for g in got for name in floats):
+        hint = "an all-reduce sums the starts: broadcast copies rank 0's (dist.broadcast, src=0)"
+        return CheckResult(exercise, INCORRECT, hint)
+    for src in range(1, p):
+        if all(same(g[name], starts[src][name]) for g in got for name in names):
+            return CheckResult(exercise, INCORRECT, f"every rank has rank {src}'s: use src=0")
+    if all(same(g[name], s[name]) for g, s in zip(got, starts, strict=True) for name in names):
+        hint = (
+            "every rank kept its own start. Broadcast each tensor itself, in place: "
+            "dist.broadcast(p.data, src=0); broadcasting a copy (p.clone(), torch.cat) leaves "
+            "the model unchanged"
+        )
+        return CheckResult(exercise, INCORRECT, hint)
+    if set(params) <= right:
+        hint = (
+            "the parameters match rank 0's, but the buffers (BatchNorm's running statistics) "
+            "are each rank's own: broadcast model.buffers() too"
+        )
+        return CheckResult(exercise, INCORRECT, hint)
+    wrong = [name for name in params if name not in right]
+    hint = (
+        f"{len(wrong)} of {len(params)} parameters ({', '.join(wrong)}) still differ from rank "
+        "0's: broadcast every tensor of model.parameters() and model.buffers()"
+    )
+    return CheckResult(exercise, INCORRECT, hint)
+
+
+_GRAD_SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]
+
+
+def _rank_grads(rank: int) -> list[Tensor]:
+    g = torch.Generator().manual_seed(710 + rank)
+    return [torch.randn(shape, generator=g) for shape in _GRAD_SHAPES]
+
+
+def _average_worker(fn: Callable) -> tuple[list[Tensor], int] | str:
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in _GRAD_SHAPES]
+    for param, grad in zip(params, _rank_grads(dist.get_rank()), strict=True):
+        param.grad = grad
+    # Count the learner's all-reduce calls: the exercise asks for one, whatever the number of
+    # parameters. Replacing the module attribute catches every `dist.all_reduce(...)` call.
+    calls, real = [], dist.all_reduce
+    dist.all_reduce = lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs)
+    try:
+        if _learner_call(fn, params) is _SKIPPED:
+            return _SKIPPED
+    finally:
+        dist.all_reduce = real
+    return [param.grad.clone() for param in params], len(calls)
+
+
+@checker("07.average_gradients")
+def _check_average_gradients(fn: Callable) -> CheckResult:
+    exercise, p = "07.average_gradients", 3
+    got = _on_workers(exercise, p, _average_worker, fn)
+    if isinstance(got, CheckResult):
+        return got
+    grads = [_rank_grads(r) for r in range(p)]
+    sums = [sum(g[i] for g in grads) for i in range(len(_GRAD_SHAPES))]
+    # What each rank's parameter i holds under each answer, right or wrong.
+    kinds = {
+        "mean": lambda r, i: sums[i] / p,
+        "own": lambda r, i: grads[r][i],
+        "sum": lambda r, i: sums[i],
+        "twice": lambda r, i: sums[i] / p**2,
+        "by 2": lambda r, i: sums[i] / 2,
+    }
+    found = set()
+    for r, (got_grads, _) in enumerate(got):
+        for i, grad in enumerate(got_grads):
+            kind = next((k for k, value in kinds.items() if same(grad, value(r, i))), "other")
+            found.add(kind)
+    calls = got[0][1]
+    if found == {"mean"}:
+        if calls > 1:
+            hint = (
+                f"the averages are right, but you called dist.all_reduce {calls} times, once per "
+                "parameter: each call pays the latency α. Copy all gradients into one flat buffer "
+                "(torch.cat), all-reduce it once, and copy the slices back"
+            )
+            return CheckResult(exercise, INCORRECT, hint)
+        return CheckResult(exercise, CORRECT)
+    hints = {
+        "sum": "all_reduce sums over the ranks: divide by the world size K",
+        "twice": "you divided by K twice: all_reduce gives the sum, one division the mean",
+        "by 2": f"you divided by 2, but there are {p} ranks here: use dist.get_world_size()",
+    }
+    if len(found) == 1 and next(iter(found)) in hints:
+        return CheckResult(exercise, INCORRECT, hints[next(iter(found))])
+    if found == {"own"}:
+        if calls == 0:
+            return CheckResult(exercise, INCORRECT, "the gradients are unchanged: all-reduce them")
+        hint = (
+            "the gradients are unchanged: torch.cat makes a copy, so after the all-reduce copy "
+            "each slice of the averaged buffer back into its p.grad"
+        )
+        return CheckResult(exercise, INCORRECT, hint)
+    if found == {"mean", "own"}:
+        hint = (
+            "only some parameters were averaged; the others still hold this rank's own gradient, "
+            "and the replicas will drift apart: average every parameter's gradient"
+        )
+        return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, INCORRECT, "each p.grad must become the mean over the K ranks")
+
+
+# ---- 08 overlap and buckets: gradient hooks, and a bucket assignment run by a real DDP
+
+
+class _OutOfOrder(torch.nn.Module):
+    """Layers used in another order than defined: backward follows use, not definition."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Linear(4, 4)
+        self.second = torch.nn.Linear(4, 4)
+        self.third = torch.nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.third(torch.tanh(self.first(torch.tanh(self.second(x)))))
+
+
+def _tiny_gpt() -> model.GPT:
+    """A GPT small enough for a check in a fraction of a second; tied embeddings included."""
+    return model.GPT(model.GPTConfig(block_size=8, n_layer=2, n_head=2, n_embd=16))
+
+
+def _hook_cases() -> list[tuple[torch.nn.Module, Callable]]:
+    """(module, compute_loss) pairs, each built fresh so that no earlier hook is left on it."""
+    torch.manual_seed(0)
+    toy, gpt = _OutOfOrder(), _tiny_gpt()
+    x = torch.randn(5, 4)
+    idx = torch.randint(256, (2, 9), generator=torch.Generator().manual_seed(0))
+    return [
+        (toy, lambda: toy(x).pow(2).mean()),
+        (gpt, lambda: gpt(idx[:, :-1], idx[:, 1:])[1]),
+    ]
+
+
+def _ready_order(module: torch.nn.Module, compute_loss: Callable) -> list[str]:
+    """Names of module's parameters in the order one backward finishes their gradients."""
+    names = {p: name for name, p in module.named_parameters()}  # tensors hash by identity
+    order: list[str] = []
+    handles = [
+        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p])) for p in names
+    ]
+    try:
+        compute_loss().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+@checker("08.ready_order")
+def _check_ready_order(fn: Callable) -> CheckResult:
+    exercise = "08.ready_order"
+    for (module, compute_loss), (ref_module, ref_loss) in zip(
+        _hook_cases(), _hook_cases(), strict=True
+    ):
+        expected = _ready_order(ref_module, ref_loss)
+        try:
+            got = fn(module, compute_loss)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+        except Exception as e:
+            return CheckResult(exercise, INCORRECT, f"it raised {type(e).__name__}: {e}")
+        if not isinstance(got, list) or not all(isinstance(name, str) for name in got):
+            hint = "return a list of names (str), as model.named_parameters() gives them"
+            return CheckResult(exercise, INCORRECT, hint)
+        seen = list(got)
+        compute_loss().backward()  # one more backward: a hook still registered would record it
+        if len(got) != len(seen):
+            hint = (
+                "your hooks are still registered after your function returned, and record every "
+                "later backward too: keep the handles and call handle.remove() on each"
+            )
+            return CheckResult(exercise, INCORRECT, hint)
+        if got == expected:
+            continue
+        defined = [name for name, _ in module.named_parameters()]
+        if not got:
+            hint = "the list is empty: register the hooks, then run compute_loss().backward()"
+        elif got == defined:
+            hint = (
+                "that is the order the model defines its parameters in; record the names "
+                "inside a hook, as backward reaches each one"
+            )
+        elif got == defined[::-1]:
+            hint = (
+                "reversed definition order is a good guess, but backward follows the order in "
+                "which forward used the layers (here not the order they were defined in): record "
+                "the names inside a hook"
+            )
+        elif sorted(got) == sorted(expected * 2):
+            hint = "each name appears twice: did you run backward twice, or register two hooks?"
+        else:
+            hint = "use register_post_accumulate_grad_hook and append the name when it runs"
+        return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, CORRECT)
+
+
+def _buckets(sizes: list[int], cap: int) -> list[list[int]]:
+    """Parameter indices in reverse order, cut into buckets of at most cap bytes (a parameter
+    larger than cap alone in its bucket): DistributedDataParallel's rule without its small first
+    bucket."""
+    buckets, size = [], 0
+    for i in reversed(range(len(sizes))):
+        if not buckets or size + sizes[i] > cap:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(i)
+        size += sizes[i]
+    return buckets
+
+
+def _bucket_cases() -> list[tuple[list[int], int]]:
+    """(bytes per parameter, cap): a parameter over the cap, buckets that fill exactly, a cap
+    below every parameter, and one above all of them together."""
+    mixed = [4000, 64, 256, 1024, 768, 2048, 16, 3072, 512]
+    return [(mixed, 2048), ([400, 1600, 400, 1200, 800, 1200], 2000), (mixed, 10), (mixed, 1 << 20)]
+
+
+def _bucket_mistakes(sizes: list[int], cap: int) -> list[tuple[list[list[int]], str]]:
+    forward = [[len(sizes) - 1 - i for i in b] for b in _buckets(sizes[::-1], cap)]
+    eager = []  # a bucket closed as soon as it reaches the cap, not before it would exceed it
+    for i in reversed(range(len(sizes))):
+        if not eager or sum(sizes[j] for j in eager[-1]) + sizes[i] >= cap:
+            eager.append([])
+        eager[-1].append(i)
+    return [
+        (
+            forward,
+            "your first bucket holds the first parameters, whose gradients backward produces "
+            "last, so it could only start at the very end: walk the parameters in reverse",
+        ),
+        (forward[::-1], "cut the buckets walking the parameters in reverse, from the last one"),
+        (
+            eager,
+            "a bucket may hold exactly cap bytes: start a new one only when the next parameter "
+            "would take it over the cap",
+        ),
+        (
+            [[i] for i in reversed(range(len(sizes)))],
+            "one parameter per bucket is per-parameter DDP, one message each: fill each bucket "
+            "up to cap bytes",
+        ),
+    ]
+
+
+def _bucket_structure(buckets, sizes: list[int], cap: int) -> str | None:
+    """What is wrong with `buckets` whatever the order: a missing, repeated or oversized one."""
+    if not isinstance(buckets, list) or not all(isinstance(b, list) for b in buckets):
+        return "return a list of buckets, each a list of parameter indices"
+    flat = [i for b in buckets for i in b]
+    for i in range(len(sizes)):
+        if flat.count(i) > 1:
+            return f"parameter {i} is in {flat.count(i)} buckets: each belongs to exactly one"
+        if i not in flat:
+            return f"parameter {i} is in no bucket: every parameter needs one, or DDP waits forever"
+    if any(not b for b in buckets):
+        return "there is an empty bucket: a parameter larger than cap goes alone in a new bucket"
+    for k, b in enumerate(buckets):
+        total = sum(sizes[i] for i in b)
+        if len(b) > 1 and total > cap:
+            return (
+                f"bucket {k} holds {total} bytes, over the cap of {cap}: start a new bucket "
+                "before adding a parameter that does not fit"
+            )
+    return None
+
+
+class _AssignedDDP(DistributedDataParallel):
+    """Our DDP, with the buckets a learner's function assigns instead of its own."""
+
+    def __init__(self, module: torch.nn.Module, assign: Callable, cap: int):
+        self.assign, self.cap = assign, cap  # read by _make_buckets, which __init__ calls
+        super().__init__(module)
+
+    def _make_buckets(self, cap_mb: float) -> list[list[Tensor]]:
+        sizes = [p.numel() * p.element_size() for p in self.params]
+        return [[self.params[i] for i in bucket] for bucket in self.assign(sizes, self.cap)]
+
+
+def _buckets_worker(fn: Callable, cap: int) -> tuple[Tensor, list[str]]:
+    """One SGD step of a tiny GPT under DDP with fn's buckets: parameters and event order."""
+    rank, K = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    ddp = _AssignedDDP(_tiny_gpt().double(), fn, cap)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.5)
+    idx = torch.randint(256, (4, 9), generator=torch.Generator().manual_seed(1))
+    mine = data.rank_slice(idx, rank, K)
+    ddp.events = []
+    ddp(mine[:, :-1], mine[:, 1:])[1].backward()
+    optimizer.step()
+    events = [what for what, _, _ in ddp.events if what in ("launch", "backward end")]
+    return torch.nn.utils.parameters_to_vector(ddp.parameters()).detach(), events
+
+
+def _one_process_step() -> Tensor:
+    """The same step as _buckets_worker's, in one process on the whole batch."""
+    torch.manual_seed(0)
+    net = _tiny_gpt().double()
+    idx = torch.randint(256, (4, 9), generator=torch.Generator().manual_seed(1))
+    net(idx[:, :-1], idx[:, 1:])[1].backward()
+    torch.optim.SGD(net.parameters(), lr=0.5).step()
+    return torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+
+
+@checker("08.buckets")
+def _check_buckets(fn: Callable) -> CheckResult:
+    exercise = "08.buckets"
+    for sizes, cap in _bucket_cases():
+        try:
+            got = fn(list(sizes), cap)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+        except Exception as e:
+            return CheckResult(exercise, INCORRECT, f"it raised {type(e).__name__}: {e}")
+        problem = _bucket_structure(got, sizes, cap)
+        if problem:
+            return CheckResult(exercise, INCORRECT, f"with cap {cap}: {problem}")
+        as_sets = lambda buckets: [sorted(b) for b in buckets]  # order inside a bucket is free
+        if as_sets(got) == as_sets(_buckets(sizes, cap)):
+            continue
+        for wrong, hint in _bucket_mistakes(sizes, cap):
+            if as_sets(got) == as_sets(wrong):
+                return CheckResult(exercise, INCORRECT, hint)
+        return CheckResult(exercise, INCORRECT, "compare with the rule above, on paper")
+    # Right on paper: now as a real DDP on 2 processes, which must equal one process on the
+    # whole batch, and start its first all-reduce while backward still runs.
+    cap = 4096  # several buckets for the tiny GPT's float64 parameters
+    expected = _one_process_step()  # first: the workers inherit what torch loads on first use
+    results = _on_workers(exercise, 2, _buckets_worker, fn, cap)
+    if isinstance(results, CheckResult):
+        return results
+    if not all(same(theta, expected, rtol=1e-9, atol=1e-12) for theta, _ in results):
+        return CheckResult(exercise, INCORRECT, "with your buckets DDP did not match one process")
+    if results[0][1][0] != "launch":
+        hint = "the first bucket launched only after backward ended: fill buckets in reverse"
+        return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, CORRECT)
+
+
+# ---- 09 gradient accumulation: the learner's accumulation step on real processes; warmup
+
+
+# Each rank's 6 sequences come as micro-batches of 3, 2 and 1 (an epoch's last batch is often
+# short), so weighting each micro-batch's mean loss by its share differs from dividing by M.
+_MICRO_SIZES, _ACC_K, _ACC_LR = (3, 2, 1), 2, 0.5
+_PER_RANK = sum(_MICRO_SIZES)
+
+
+def _accumulation_batch() -> tuple[Tensor, Tensor]:
+    """The global batch of the check: 2 ranks x 6 sequences of 8 tokens, inputs and targets."""
+    idx = torch.randint(256, (_ACC_K * _PER_RANK, 9), generator=torch.Generator().manual_seed(9))
+    return idx[:, :-1], idx[:, 1:]
+
+
+def _micro_batches(rank: int, world_size: int) -> list[tuple[Tensor, Tensor]]:
+    x, y = (data.rank_slice(t, rank, world_size) for t in _accumulation_batch())
+    return list(zip(x.split(_MICRO_SIZES), y.split(_MICRO_SIZES), strict=True))
+
+
+def _accumulation_worker(fn: Callable) -> tuple[Tensor, int, int] | str:
+    """The learner's step on our DDP: the update it made, all-reduces launched, buckets."""
+    rank, K = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    ddp = DistributedDataParallel(_tiny_gpt().double(), bucket_cap_mb=0.01)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=_ACC_LR)
+    before = torch.nn.utils.parameters_to_vector(ddp.parameters()).detach().clone()
+    for p in ddp.parameters():  # what an earlier step left behind: zero_grad must clear it
+        p.grad = torch.full_like(p, 0.01)
+    ddp.events = []
+    if _learner_call(fn, ddp, optimizer, _micro_batches(rank, K)) is _SKIPPED:
+        return _SKIPPED
+    after = torch.nn.utils.parameters_to_vector(ddp.parameters()).detach()
+    launches = sum(1 for what, _, _ in ddp.events if what == "launch")
+    return after - before, launches, len(ddp.buckets)
+
+
+def _micro_rows(m: int) -> list[int]:
+    """Rows of the global batch in every rank's micro-batch m, which DDP averages together."""
+    start = sum(_MICRO_SIZES[:m])
+    return [r * _PER_RANK + start + j for r in range(_ACC_K) for j in range(_MICRO_SIZES[m])]
+
+
+def _accumulated_update(
+    ms: list[int], scales: list[float], stale=False, step_each=False, zero_each=True
+) -> Tensor:
+    """One process's update for an accumulation done right or wrong, on the 2 ranks' data.
+
+    ms: the micro-batches whose backward counts; scales: each one's loss factor; stale: leftover
+    gradients kept; step_each: an optimizer step after every backward, followed by zero_grad
+    when zero_each.
+    """
+    torch.manual_seed(0)
+    net = _tiny_gpt().double()
+    optimizer = torch.optim.SGD(net.parameters(), lr=_ACC_LR)
+    before = torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
+    x, y = _accumulation_batch()
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.01) if stale else None
+    for i, (m, scale) in enumerate(zip(ms, scales, strict=True)):
+        rows = _micro_rows(m)
+        (net(x[rows], y[rows])[1] * scale).backward()
+        if step_each or i == len(ms) - 1:
+            optimizer.step()
+            if zero_each:
+                optimizer.zero_grad()
+    return torch.nn.utils.parameters_to_vector(net.parameters()).detach() - before
+
+
+@checker("09.accumulation_step")
+def _check_accumulation_step(fn: Callable) -> CheckResult:
+    exercise, K, M = "09.accumulation_step", _ACC_K, len(_MICRO_SIZES)
+    # Computed before the workers start, so that they inherit what torch loads on first use.
+    every, last = list(range(M)), [M - 1]
+    shares = [b / _PER_RANK for b in _MICRO_SIZES]  # b_m / B: a micro-batch's share of examples
+    reference = _accumulated_update(every, shares)
+    got = _on_workers(exercise, K, _accumulation_worker, fn)
+    if isinstance(got, CheckResult):
+        return got
+    (update, launches, buckets), (other, _, _) = got
+    if not same(update, other, rtol=1e-9, atol=1e-12):
+        hint = (
+            "the replicas differ after your step: every rank must apply the same averaged "
+            "gradient. The last backward runs outside model.no_sync() (that is when DDP averages), "
+            "and optimizer.step() comes only after it"
+        )
+        return CheckResult(exercise, INCORRECT, hint)
+    if same(update, reference):
+        if launches > buckets:
+            hint = (
+                f"the step is right, but DDP all-reduced {launches // buckets} times: run every "
+                "backward but the last inside `with model.no_sync():`, so gradients travel once"
+            )
+            return CheckResult(exercise, INCORRECT, hint)
+        return CheckResult(exercise, CORRECT)
+    stepped = "you stepped after every micro-batch: call optimizer.step() once, after the last"
+    mistakes = [
+        (
+            _accumulated_update(every, [1 / M] * M),
+            "dividing by M weighs every micro-batch alike, but here they hold 3, 2 and 1 "
+            "sequences: scale each micro-batch's mean loss by its share of the examples, "
+            "len(x) / (total examples on this rank)",
+        ),
+        (
+            _accumulated_update(every, [1.0] * M),
+            "the gradient is too large: each micro-batch's loss is a mean over its own examples; "
+            "scale it by its share of the examples, so that the backward passes add up to one mean",
+        ),
+        (
+            _accumulated_update(every, [s / K for s in shares]),
+            "do not divide by the number of ranks: DDP already averages over them",
+        ),
+        (
+            _accumulated_update(last, shares[-1:]),
+            "only the last micro-batch counted: call optimizer.zero_grad() once, before the loop, "
+            "not inside it; backward adds into .grad, which is what accumulates",
+        ),
+        (
+            _accumulated_update(last, [1.0]),
+            "only the last micro-batch counted: zero the gradients once, before the loop",
+        ),
+        (
+            _accumulated_update(every, shares, stale=True),
+            "gradients left from before your step were added in: start with optimizer.zero_grad()",
+        ),
+        (_accumulated_update(every, shares, step_each=True), stepped),
+        (_accumulated_update(every, shares, step_each=True, zero_each=False), stepped),
+        (_accumulated_update(every, [1 / M] * M, step_each=True), stepped),
+        (_accumulated_update(every, [1.0] * M, step_each=True), stepped),
+    ]
+    for wrong, hint in mistakes:
+        if same(update, wrong):
+            return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, INCORRECT, "compare with the accumulation loop above")
+
+
+def _warmup(step: int, base_lr: float, k: int, warmup_steps: int) -> float:
+    """Goyal et al.'s gradual warmup: from base_lr linearly to k * base_lr, then constant."""
+    if step >= warmup_steps:
+        return k * base_lr
+    return base_lr * (1 + (k - 1) * step / warmup_steps)
+
+
+@checker("09.warmup_lr")
+def _check_warmup_lr(fn: Callable) -> CheckResult:
+    def schedule(lr_at: Callable) -> Callable:
+        return lambda base, k, w: [lr_at(t, base, k, w) for t in range(w + 4)]
+
+    def shaped(lr_at: Callable) -> Callable:  # the rate at each step, made plain floats
+        return lambda base, k, w: [float(v) for v in schedule(lr_at)(base, k, w)]
+
+    mistakes = [
+        (
+            schedule(lambda t, b, k, w: k * b * min(t, w) / w),
+            "the warmup starts at the small-batch rate η, not at 0: at step 0 the rate is η",
+        ),
+        (
+            schedule(lambda t, b, k, w: k * b * min(t + 1, w) / w),
+            "that is warmup from 0, as the trainer of notebook 10 does; Goyal et al. start at "
+            "the small-batch rate η",
+        ),
+        (
+            schedule(lambda t, b, k, w: b * min(t, w) / w),
+            "after warmup the rate is kη (the linear scaling rule), not η",
+        ),
+        (schedule(lambda t, b, k, w: k * b), "no warmup: the rate must climb from η to kη"),
+        (
+            schedule(lambda t, b, k, w: b * (1 + (k - 1) * t / w)),
+            "stop climbing at kη once step ≥ warmup_steps",
+        ),
+        (
+            schedule(lambda t, b, k, w: _warmup(t + 1, b, k, w)),
+            "off by one: at step 0 the rate is η, and it reaches kη at step warmup_steps",
+        ),
+        (
+            schedule(lambda t, b, k, w: _warmup(t, b, k**0.5, w)),
+            "that is the square-root rule: the linear rule multiplies the rate by k",
+        ),
+    ]
+    cases = [(0.1, 4, 5), (0.05, 8, 10), (0.2, 2, 3)]
+    return compare("09.warmup_lr", shaped(fn), shaped(_warmup), cases, mistakes)
 
 
 # ---- 10 training a GPT

@@ -414,6 +414,19 @@ def replica_gaps(gaps: dict[str, Tensor], tolerance: float | None = None) -> Fig
 PHASES = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:green"}
 
 
+def step_seconds(ranks: list[list[tuple]]) -> float:
+    """How long one step took, given each rank's trace of it: first start to last end."""
+    start = min(t for trace in ranks for what, _, t in trace if what == "forward")
+    return max(t for trace in ranks for what, _, t in trace if what == "end") - start
+
+
+def fastest_step(steps: list[list[list[tuple]]]) -> list[list[tuple]]:
+    """The ranks' traces of the fastest step, from steps[rank][step]: on a shared machine, the
+    step that other programs disturbed least."""
+    by_step = [list(ranks) for ranks in zip(*steps, strict=True)]  # [step][rank]
+    return min(by_step, key=step_seconds)
+
+
 def _phase_spans(trace: list[tuple]) -> dict[str, tuple[float, float]]:
     """(start, end) of forward, backward and optimizer step in one rank's trace."""
     at = {what: t for what, _, t in trace if what in ("forward", "backward", "step", "end")}
@@ -491,18 +504,23 @@ def bucket_sweep(
 # ---- 09 gradient accumulation and the large-batch learning rate
 
 
-def large_batch_runs(runs: dict[str, tuple[Tensor, Tensor, Tensor]], ylabel="loss") -> Figure:
+def large_batch_runs(
+    runs: dict[str, tuple[Tensor, Tensor, Tensor]], ylabel="loss", log=True, ylim=None
+) -> Figure:
     """Loss (left) and learning rate (right) against examples seen, one line per run.
 
     runs: {label: (examples seen (n,), loss (n,), learning rate (n,))}. Against examples rather
     than steps, a run with a 4x larger batch is compared where it has read as much data.
+    ylim (bottom, top) keeps a diverging run from squashing the others: it leaves at the top.
     """
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax_loss, ax_lr = fig.subplots(1, 2, width_ratios=[1.6, 1])
     for label, (examples, loss, lr) in runs.items():
         (line,) = ax_loss.plot(examples, torch.as_tensor(loss).clamp(max=1e6), label=label)
         ax_lr.plot(examples, lr, color=line.get_color())
-    ax_loss.set(yscale="log", xlabel="examples seen", ylabel=ylabel)
+    ax_loss.set(yscale="log" if log else "linear", xlabel="examples seen", ylabel=ylabel)
+    if ylim is not None:
+        ax_loss.set_ylim(*ylim)
     ax_lr.set(xlabel="examples seen", ylabel="learning rate")
     ax_loss.legend(fontsize=8)
     return fig

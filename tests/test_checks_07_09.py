@@ -1,0 +1,628 @@
+"""The checkers of notebooks 07-09: each accepts correct answers (the reference and other ways
+of writing it), tells typical wrong answers apart by their own hints, and says "not attempted"
+for an untouched stub, quickly, even when the stub raises inside worker processes.
+
+The wrong answers are written here the way a learner would write them, not taken from the
+checkers, so a checker whose mistake list drifts from what learners really do fails here.
+"""
+
+import contextlib
+import time
+
+import psutil
+import pytest
+import torch
+import torch.distributed as dist
+
+from minidp import checks
+from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp.collectives import ring_all_reduce
+
+EXERCISES = [
+    "07.broadcast_parameters",
+    "07.average_gradients",
+    "08.ready_order",
+    "08.buckets",
+    "09.accumulation_step",
+    "09.warmup_lr",
+]
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """No checker leaves a worker process behind, whatever the learner's code did."""
+    yield
+    deadline = time.monotonic() + 5
+    while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psutil.Process().children(recursive=True) == []
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def verdict(exercise, fn) -> tuple[str, str]:
+    result = checks.check(exercise, fn)
+    return result.status, result.hint
+
+
+def assert_hint(exercise, fn, words):
+    status, hint = verdict(exercise, fn)
+    assert status == INCORRECT, f"{exercise}: {fn.__name__} was judged {status}"
+    assert words in hint, f"expected a hint about {words!r}, got {hint!r}"
+
+
+def test_every_checker_of_07_to_09_is_tested():
+    assert {name for name in checks.CHECKERS if name[:2] in ("07", "08", "09")} == set(EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_a_stub_is_not_attempted_and_says_so_quickly(exercise):
+    checks.check(exercise, stub)  # the first call pays for what torch loads on first use
+    start = time.monotonic()
+    assert verdict(exercise, stub)[0] == NOT_ATTEMPTED
+    assert time.monotonic() - start < 5
+
+
+# ---- 07.broadcast_parameters
+
+
+def broadcast_all(model):
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t, src=0)
+
+
+def broadcast_state_dict(model):  # another right answer: every tensor of the state dict, by .data
+    for t in model.state_dict().values():
+        dist.broadcast(t, 0)
+
+
+def broadcast_nothing(model):
+    pass
+
+
+def broadcast_copies(model):  # the copy is broadcast, the model keeps its own values
+    for p in model.parameters():
+        dist.broadcast(p.detach().clone(), src=0)
+    for b in model.buffers():
+        dist.broadcast(b.clone(), src=0)
+
+
+def broadcast_from_one(model):
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t, src=1)
+
+
+def average_starts(model):
+    with torch.no_grad():
+        for t in model.parameters():
+            dist.all_reduce(t)
+            t /= dist.get_world_size()
+        for t in model.buffers():
+            if t.is_floating_point():
+                dist.all_reduce(t)
+                t /= dist.get_world_size()
+
+
+def sum_starts(model):
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.all_reduce(t)
+
+
+def broadcast_parameters_only(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            dist.broadcast(p, src=0)
+
+
+def broadcast_weights_only(model):
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if "bias" not in name:
+                dist.broadcast(t, src=0)
+
+
+@pytest.mark.parametrize("fn", [broadcast_all, broadcast_state_dict])
+def test_broadcast_parameters_accepts_correct_answers(fn):
+    assert verdict("07.broadcast_parameters", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (broadcast_nothing, "kept its own start"),
+        (broadcast_copies, "in place"),
+        (broadcast_from_one, "rank 1's"),
+        (average_starts, "average of the K starts"),
+        (sum_starts, "sums the starts"),
+        (broadcast_parameters_only, "buffers"),
+        (broadcast_weights_only, "still differ"),
+    ],
+)
+def test_broadcast_parameters_recognises_mistakes(fn, words):
+    assert_hint("07.broadcast_parameters", fn, words)
+
+
+# ---- 07.average_gradients
+
+
+def average_flat(params):
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def average_flat_torch_utils(params):
+    grads = [p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(avg / dist.get_world_size())
+
+
+def average_flat_with_our_ring(params):  # any all-reduce with dist.all_reduce's contract will do
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    ring_all_reduce(flat)
+    for p, avg in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad = avg.view_as(p) / dist.get_world_size()
+
+
+def average_per_parameter(params):
+    for p in params:
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
+
+
+def sum_flat(params):
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def average_flat_twice(params):
+    K = dist.get_world_size()
+    flat = torch.cat([p.grad.reshape(-1) / K for p in params])
+    dist.all_reduce(flat)
+    flat /= K
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def average_flat_by_two(params):  # tested on 2 workers, where it happened to work
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= 2
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def average_flat_not_copied_back(params):
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+
+
+def average_nothing(params):
+    for p in params:
+        p.grad = p.grad * 1.0
+
+
+def average_matrices_only(params):
+    weights = [p for p in params if p.dim() >= 2]
+    flat = torch.cat([p.grad.reshape(-1) for p in weights])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in weights:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+@pytest.mark.parametrize("fn", [average_flat, average_flat_torch_utils, average_flat_with_our_ring])
+def test_average_gradients_accepts_correct_answers(fn):
+    assert verdict("07.average_gradients", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (average_per_parameter, "called dist.all_reduce 4 times"),
+        (sum_flat, "divide by the world size"),
+        (average_flat_twice, "divided by K twice"),
+        (average_flat_by_two, "divided by 2"),
+        (average_flat_not_copied_back, "copy each slice"),
+        (average_nothing, "all-reduce them"),
+        (average_matrices_only, "only some parameters"),
+    ],
+)
+def test_average_gradients_recognises_mistakes(fn, words):
+    assert_hint("07.average_gradients", fn, words)
+
+
+def rank_zero_only(params):
+    if dist.get_rank() == 0:
+        average_flat(params)
+
+
+def test_a_deadlock_is_a_verdict_in_seconds():
+    start = time.monotonic()
+    status, hint = verdict("07.average_gradients", rank_zero_only)
+    assert status == INCORRECT and "waited" in hint
+    assert time.monotonic() - start < 30
+
+
+def test_a_crash_in_a_worker_is_incorrect_with_the_error(capsys):
+    status, hint = verdict("07.average_gradients", lambda params: params[0].grad.view(5, 5))
+    assert status == INCORRECT and "RuntimeError" in hint
+    assert "view" in capsys.readouterr().out  # the worker's traceback is printed for the learner
+
+
+# ---- 08.ready_order
+
+
+def ready_order(model, compute_loss):
+    names = {p: name for name, p in model.named_parameters()}
+    order = []
+    handles = [
+        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p])) for p in names
+    ]
+    compute_loss().backward()
+    for handle in handles:
+        handle.remove()
+    return order
+
+
+def ready_order_by_name(model, compute_loss):  # one hook per parameter, each knowing its name
+    order, handles = [], []
+    for name, p in model.named_parameters():
+        handles.append(
+            p.register_post_accumulate_grad_hook(lambda _, name=name: order.append(name))
+        )
+    try:
+        compute_loss().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def definition_order(model, compute_loss):
+    compute_loss().backward()
+    return [name for name, _ in model.named_parameters()]
+
+
+def reversed_definition_order(model, compute_loss):
+    return [name for name, _ in model.named_parameters()][::-1]
+
+
+def hooks_left_behind(model, compute_loss):
+    names = {p: name for name, p in model.named_parameters()}
+    order = []
+    for p in names:
+        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p]))
+    compute_loss().backward()
+    return order
+
+
+def hooks_without_backward(model, compute_loss):
+    names = {p: name for name, p in model.named_parameters()}
+    order = []
+    handles = [
+        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p])) for p in names
+    ]
+    for handle in handles:
+        handle.remove()
+    return order
+
+
+def parameters_not_names(model, compute_loss):
+    order = []
+    handles = [p.register_post_accumulate_grad_hook(order.append) for p in model.parameters()]
+    compute_loss().backward()
+    for handle in handles:
+        handle.remove()
+    return order
+
+
+def two_backwards(model, compute_loss):
+    names = {p: name for name, p in model.named_parameters()}
+    order = []
+    handles = [
+        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p])) for p in names
+    ]
+    compute_loss().backward()
+    compute_loss().backward()
+    for handle in handles:
+        handle.remove()
+    return order
+
+
+@pytest.mark.parametrize("fn", [ready_order, ready_order_by_name])
+def test_ready_order_accepts_correct_answers(fn):
+    assert verdict("08.ready_order", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (definition_order, "order the model defines"),
+        (reversed_definition_order, "order in which forward used"),
+        (hooks_left_behind, "handle.remove()"),
+        (hooks_without_backward, "empty"),
+        (parameters_not_names, "list of names"),
+        (two_backwards, "appears twice"),
+    ],
+)
+def test_ready_order_recognises_mistakes(fn, words):
+    assert_hint("08.ready_order", fn, words)
+
+
+# ---- 08.buckets
+
+
+def buckets(sizes, cap):
+    result, size = [], 0
+    for i in reversed(range(len(sizes))):
+        if not result or size + sizes[i] > cap:
+            result.append([])
+            size = 0
+        result[-1].append(i)
+        size += sizes[i]
+    return result
+
+
+def buckets_sorted_inside(sizes, cap):  # the order inside a bucket does not matter
+    return [sorted(b) for b in buckets(sizes, cap)]
+
+
+def buckets_forward(sizes, cap):
+    result, size = [], 0
+    for i in range(len(sizes)):
+        if not result or size + sizes[i] > cap:
+            result.append([])
+            size = 0
+        result[-1].append(i)
+        size += sizes[i]
+    return result
+
+
+def buckets_forward_then_reversed(sizes, cap):
+    return buckets_forward(sizes, cap)[::-1]
+
+
+def buckets_closed_at_the_cap(sizes, cap):
+    result, size = [], 0
+    for i in reversed(range(len(sizes))):
+        if not result or size + sizes[i] >= cap:
+            result.append([])
+            size = 0
+        result[-1].append(i)
+        size += sizes[i]
+    return result
+
+
+def buckets_closed_after_overflow(sizes, cap):  # adds first, and only then looks at the size
+    result, current, size = [], [], 0
+    for i in reversed(range(len(sizes))):
+        current.append(i)
+        size += sizes[i]
+        if size > cap:
+            result.append(current)
+            current, size = [], 0
+    return result + ([current] if current else [])
+
+
+def one_parameter_per_bucket(sizes, cap):
+    return [[i] for i in reversed(range(len(sizes)))]
+
+
+def one_bucket(sizes, cap):
+    return [list(reversed(range(len(sizes))))]
+
+
+def buckets_with_an_empty_one(sizes, cap):
+    result, size = [[]], 0  # starts with an empty bucket, which a large parameter leaves behind
+    for i in reversed(range(len(sizes))):
+        if size + sizes[i] > cap:
+            result.append([])
+            size = 0
+        result[-1].append(i)
+        size += sizes[i]
+    return result
+
+
+def buckets_missing_the_first(sizes, cap):
+    for_all = buckets(sizes, cap)
+    return [[i for i in b if i != 0] for b in for_all if b != [0]]
+
+
+def buckets_sharing_a_boundary(sizes, cap):  # each new bucket repeats the last parameter
+    result = buckets(sizes, cap)
+    for k in range(1, len(result)):
+        result[k] = [result[k - 1][-1], *result[k]]
+    return result
+
+
+@pytest.mark.parametrize("fn", [buckets, buckets_sorted_inside])
+def test_buckets_accepts_correct_answers(fn):
+    assert verdict("08.buckets", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (buckets_forward, "walk the parameters in reverse"),
+        (buckets_forward_then_reversed, "cut the buckets walking"),
+        (buckets_closed_at_the_cap, "exactly cap bytes"),
+        (buckets_closed_after_overflow, "over the cap"),
+        (one_parameter_per_bucket, "per-parameter DDP"),
+        (one_bucket, "over the cap"),
+        (buckets_with_an_empty_one, "empty bucket"),
+        (buckets_missing_the_first, "parameter 0 is in no bucket"),
+        (buckets_sharing_a_boundary, "buckets: each belongs to exactly one"),
+    ],
+)
+def test_buckets_recognises_mistakes(fn, words):
+    assert_hint("08.buckets", fn, words)
+
+
+def test_buckets_rule_matches_the_example_in_the_notebook():
+    assert checks._buckets([100, 300, 200], 400) == [[2], [1, 0]]
+
+
+# ---- 09.accumulation_step
+
+
+def accumulate(model, optimizer, micro_batches):
+    total = sum(len(x) for x, _ in micro_batches)
+    optimizer.zero_grad()
+    for i, (x, y) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else model.no_sync():
+            (model(x, y)[1] * len(x) / total).backward()
+    optimizer.step()
+
+
+def accumulate_sum_losses(model, optimizer, micro_batches):  # sum losses over tokens, then mean
+    total = sum(y.numel() for _, y in micro_batches)
+    optimizer.zero_grad()
+    *first, last = micro_batches
+    with model.no_sync():
+        for x, y in first:
+            (model(x, y)[1] * y.numel() / total).backward()
+    x, y = last
+    (model(x, y)[1] * y.numel() / total).backward()
+    optimizer.step()
+
+
+def accumulate_with(scale, zero_inside=False, zero=True, step_inside=False, sync="last"):
+    """An accumulation step written with one of the usual mistakes."""
+
+    def step(model, optimizer, micro_batches):
+        M, total = len(micro_batches), sum(len(x) for x, _ in micro_batches)
+        if zero:
+            optimizer.zero_grad()
+        for i, (x, y) in enumerate(micro_batches):
+            last = i == M - 1
+            if zero_inside:
+                optimizer.zero_grad()
+            quiet = sync == "never" or (sync == "last" and not last)
+            with model.no_sync() if quiet else contextlib.nullcontext():
+                (model(x, y)[1] * scale(len(x), M, total)).backward()
+            if step_inside:
+                optimizer.step()
+        if not step_inside:
+            optimizer.step()
+
+    return step
+
+
+share = lambda b, M, total: b / total
+
+
+@pytest.mark.parametrize("fn", [accumulate, accumulate_sum_losses])
+def test_accumulation_step_accepts_correct_answers(fn):
+    assert verdict("09.accumulation_step", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (accumulate_with(lambda b, M, total: 1 / M), "hold 3, 2 and 1"),
+        (accumulate_with(lambda b, M, total: 1.0), "too large"),
+        (
+            accumulate_with(lambda b, M, total: b / total / 2),
+            "do not divide by the number of ranks",
+        ),
+        (accumulate_with(share, zero_inside=True), "only the last micro-batch"),
+        (accumulate_with(lambda b, M, total: 1.0, zero_inside=True), "only the last micro-batch"),
+        (accumulate_with(share, zero=False), "left from before"),
+        (accumulate_with(share, step_inside=True, sync="always"), "stepped after every"),
+        (accumulate_with(share, step_inside=True), "replicas differ"),
+        (accumulate_with(share, sync="never"), "replicas differ"),
+        (accumulate_with(share, sync="always"), "all-reduced 3 times"),
+    ],
+)
+def test_accumulation_step_recognises_mistakes(fn, words):
+    assert_hint("09.accumulation_step", fn, words)
+
+
+# ---- 09.warmup_lr
+
+
+def warmup(step, base_lr, k, warmup_steps):
+    if step >= warmup_steps:
+        return k * base_lr
+    return base_lr + (k - 1) * base_lr * step / warmup_steps
+
+
+def warmup_with_torch(step, base_lr, k, warmup_steps):
+    """The rate torch's LinearLR gives at `step`, for an optimizer built with k * base_lr."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=k * base_lr)
+    schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / k, total_iters=warmup_steps)
+    for _ in range(step):
+        optimizer.step()
+        schedule.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("fn", [warmup, warmup_with_torch])
+def test_warmup_lr_accepts_correct_answers(fn):
+    assert verdict("09.warmup_lr", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    ("fn", "words"),
+    [
+        (lambda t, b, k, w: k * b * min(t / w, 1.0), "not at 0"),
+        (lambda t, b, k, w: k * b * min((t + 1) / w, 1.0), "notebook 10"),
+        (lambda t, b, k, w: b * min(t / w, 1.0), "not η"),
+        (lambda t, b, k, w: k * b, "no warmup"),
+        (lambda t, b, k, w: b + (k - 1) * b * t / w, "stop climbing"),
+        (lambda t, b, k, w: warmup(t + 1, b, k, w), "off by one"),
+        (lambda t, b, k, w: warmup(t, b, k**0.5, w), "square-root"),
+    ],
+)
+def test_warmup_lr_recognises_mistakes(fn, words):
+    assert_hint("09.warmup_lr", fn, words)
+
+
+def test_the_hints_of_each_checker_differ():
+    """Telling mistakes apart means hints that say different things."""
+    hints = {
+        "07.broadcast_parameters": [
+            broadcast_nothing,
+            broadcast_from_one,
+            average_starts,
+            sum_starts,
+            broadcast_parameters_only,
+            broadcast_weights_only,
+        ],
+        "07.average_gradients": [
+            average_per_parameter,
+            sum_flat,
+            average_flat_twice,
+            average_flat_by_two,
+            average_flat_not_copied_back,
+            average_nothing,
+            average_matrices_only,
+        ],
+    }
+    for exercise, fns in hints.items():
+        said = [verdict(exercise, fn)[1] for fn in fns]
+        assert len(set(said)) == len(said), exercise

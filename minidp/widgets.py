@@ -381,9 +381,13 @@ class MemoryCalculator:
         self.precision = W.ToggleButtons(
             options=list(memory.PRECISIONS), value="bf16 mixed", description="precision"
         )
-        self.tensor_parallel = W.Dropdown(options=[1, 2, 4, 8], description="tensor ∥", style=style)
-        self.pipeline_parallel = W.Dropdown(options=[1, 2, 4, 8, 16], description="pipeline ∥",
-                                            style=style)  # fmt: skip
+        split = dict(style=style, layout=W.Layout(width="180px"))  # GPUs per tensor/pipeline group
+        self.tensor_parallel = W.Dropdown(
+            options=[1, 2, 4, 8], description="tensor parallel", **split
+        )
+        self.pipeline_parallel = W.Dropdown(
+            options=[1, 2, 4, 8, 16], description="pipeline parallel", **split
+        )
         self.micro_batch = W.SelectionSlider(options=[1, 2, 4, 8, 16, 32], value=1,
                                              description="micro-batch", style=style)  # fmt: skip
         self.recompute = W.ToggleButtons(options=list(memory.RECOMPUTE), description="recompute")

@@ -1,7 +1,7 @@
 """Classroom assignments: student versions of the notebooks, and a grade report of submissions.
 
     python -m minidp.assignments student notebooks/ student/    # the course without solutions
-    python -m minidp.assignments grade alice/01_loss.ipynb bob.ipynb --out grades  # .csv, .json
+    python -m minidp.assignments grade submissions/ --out grades   # grades.csv, grades.json
 
 A student version replaces the code between `# BEGIN SOLUTION` and `# END SOLUTION` by
 `raise NotImplementedError` at the same indentation (the signature and docstring above stay),
@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -94,34 +93,23 @@ def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def write_student_versions(source: Path, out: Path) -> list[Path]:
     """Write the student version of `source` (a notebook, or a folder of them) into `out`."""
-    paths = [source] if source.is_file() else sorted(source.glob("*.ipynb"))
+    is_notebook = source.suffix == ".ipynb" and source.is_file()
+    paths = [source] if is_notebook else sorted(source.glob("*.ipynb"))
+    if not paths:
+        raise ValueError(f"{source}: no such notebook, and no folder of notebooks")
+    if out.resolve() == paths[0].parent.resolve():
+        raise ValueError(f"{out} holds the notebooks with solutions: it would overwrite them")
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     for path in paths:
         try:
             nb = student_notebook(nbformat.read(path, as_version=4))
-        except ValueError as e:  # a marker out of place: say where, never publish a solution
+        except ValueError as e:  # a marker out of place: say where, and publish nothing wrong
             raise ValueError(f"{path}: {e}") from None
         nbformat.write(nb, out / path.name)
-        written.append(out / path.name)
-    return written
+    return [out / path.name for path in paths]
 
 
 # ---- grading
-
-
-@dataclass
-class Graded:
-    student: str
-    notebook: str  # "01", or "??" when neither its name nor its checks tell
-    submission: str
-    outcome: str  # "ran to the end", or why it stopped early
-    exercises: dict[str, dict] = field(default_factory=dict)  # id -> {status, hint, score}
-    errors: list[str] = field(default_factory=list)  # "cell 7: NameError: ...", first lines
-
-    @property
-    def score(self) -> int:
-        return sum(e["score"] for e in self.exercises.values())
 
 
 def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, list[str]]:
@@ -136,8 +124,12 @@ def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, li
     return student, max(numbers, key=numbers.count, default="??"), checked
 
 
-def grade(path: Path, limit_s: float = 300.0) -> Graded:
-    """Run the submission at `path` in a fresh kernel and grade what its checks reported."""
+def grade(path: Path, limit_s: float = 300.0) -> dict:
+    """Run the submission at `path` in a fresh kernel and grade what its checks reported.
+
+    Returns {student, notebook, submission, outcome, errors, exercises, score, max_score}, where
+    exercises maps each exercise id to {status, hint, score}.
+    """
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as e:  # a broken file is one student's zero, not the end of the grading
@@ -145,14 +137,23 @@ def grade(path: Path, limit_s: float = 300.0) -> Graded:
     student, number, checked = identify(path, nb)
     reported, outcome, errors = _run(nb, path, limit_s) if nb else ({}, unread, [])
     expected = [ex for ex in sorted(CHECKERS) if ex.startswith(number + ".")]
-    graded = Graded(student, number, str(path), outcome, errors=errors)
-    for ex in dict.fromkeys(checked + expected + list(reported)):
-        if ex not in expected and ex not in reported:
-            continue  # mentioned in the code, but neither expected nor ever checked
-        never = "its check never ran" + ("" if outcome == "ran to the end" else f" ({outcome})")
-        status, hint = reported.get(ex, (NOT_ATTEMPTED, never))
-        graded.exercises[ex] = {"status": status, "hint": hint, "score": int(status == CORRECT)}
-    return graded
+    never = "its check never ran" + ("" if outcome == "ran to the end" else f" ({outcome})")
+    exercises = {}
+    for ex in dict.fromkeys(checked + expected + list(reported)):  # in the notebook's order
+        if ex in expected or ex in reported:  # not a check that is only mentioned in the code
+            status, hint = reported.get(ex, (NOT_ATTEMPTED, never))
+            exercises[ex] = {"status": status, "hint": hint, "score": int(status == CORRECT)}
+    score = sum(e["score"] for e in exercises.values())
+    return dict(
+        student=student,
+        notebook=number,
+        submission=str(path),
+        outcome=outcome,
+        errors=errors,
+        exercises=exercises,
+        score=score,
+        max_score=len(exercises),
+    )
 
 
 # Printed by the kernel after every cell; the marker is new each run, so no cell can fake it.
@@ -230,7 +231,7 @@ def end_process_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def write_report(graded: list[Graded], out: Path) -> tuple[Path, Path]:
+def write_report(graded: list[dict], out: Path) -> tuple[Path, Path]:
     """out.csv, one row per student, notebook and exercise; out.json, one record per notebook."""
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out.with_name(out.name + ".csv"), out.with_name(out.name + ".json")
@@ -238,10 +239,10 @@ def write_report(graded: list[Graded], out: Path) -> tuple[Path, Path]:
         writer = csv.writer(f)
         writer.writerow(["student", "notebook", "exercise", "status", "score", "hint"])
         for g in graded:
-            for ex, e in g.exercises.items():
-                writer.writerow([g.student, g.notebook, ex, e["status"], e["score"], e["hint"]])
-    records = [{**asdict(g), "score": g.score, "max_score": len(g.exercises)} for g in graded]
-    json_path.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+            for ex, e in g["exercises"].items():
+                row = [g["student"], g["notebook"], ex, e["status"], e["score"], e["hint"]]
+                writer.writerow(row)
+    json_path.write_text(json.dumps(graded, indent=2, ensure_ascii=False) + "\n")
     return csv_path, json_path
 
 
@@ -250,6 +251,19 @@ def write_report(graded: list[Graded], out: Path) -> tuple[Path, Path]:
 
 def _fail(message: str) -> None:
     sys.exit(f"minidp.assignments: error: {message}")
+
+
+def _submissions(paths: list[Path]) -> list[Path]:
+    """The notebooks named, and every notebook in the folders named (a folder per student)."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        elif path.is_file() and path.suffix == ".ipynb":
+            found.append(path)
+        else:
+            _fail(f"{path}: no such notebook or folder")
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,33 +277,24 @@ def main(argv: list[str] | None = None) -> None:
     student.add_argument("source", type=Path, help="a folder of notebooks, or one notebook")
     student.add_argument("out", type=Path, help="the folder to write them into (made if needed)")
     grader = commands.add_parser("grade", help="run submissions and write a grade report")
-    grader.add_argument("submissions", nargs="+", type=Path, help="the notebooks to grade")
+    grader.add_argument("submissions", nargs="+", type=Path, help="notebooks, or folders of them")
     grader.add_argument("--out", type=Path, default=Path("grades"), help="report name (.csv/.json)")
     grader.add_argument("--timeout", type=float, default=300.0, help="seconds per notebook")
     args = parser.parse_args(argv)
 
     if args.command == "student":
-        source, out = args.source, args.out
-        folder = source if source.is_dir() else source.parent
-        if not (source.suffix == ".ipynb" and source.is_file()) and not any(folder.glob("*.ipynb")):
-            _fail(f"{source}: no such notebook, or no notebooks in this folder")
-        if out.resolve() == folder.resolve():
-            _fail(f"{out} holds the notebooks with solutions: writing there would overwrite them")
         try:
-            written = write_student_versions(source, out)
+            written = write_student_versions(args.source, args.out)
         except ValueError as e:
             _fail(str(e))
-        print(f"wrote {len(written)} student notebooks to {out}")
+        print(f"wrote {len(written)} student notebooks to {args.out}")
         return
-    for path in args.submissions:
-        if not (path.is_file() and path.suffix == ".ipynb"):
-            _fail(f"{path}: no such notebook")
     graded = []
-    for path in args.submissions:
+    for path in _submissions(args.submissions):
         start = time.monotonic()
         graded.append(g := grade(path, args.timeout))
-        score, took = f"{g.score}/{len(g.exercises)}", time.monotonic() - start
-        print(f"{g.student:>16} {g.notebook} {score:>5}  {g.outcome} ({took:.0f} s)")
+        score, took = f"{g['score']}/{g['max_score']}", time.monotonic() - start
+        print(f"{g['student']:>16} {g['notebook']} {score:>5}  {g['outcome']} ({took:.0f} s)")
     out = args.out.with_suffix("") if args.out.suffix in (".csv", ".json") else args.out
     csv_path, json_path = write_report(graded, out)
     print(f"wrote {csv_path} and {json_path}")

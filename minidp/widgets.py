@@ -6,6 +6,7 @@ set a control's `.value` in a test and read the state back. Sections follow the 
 """
 
 import dataclasses
+import io
 
 import ipywidgets as W  # noqa: F401
 import matplotlib.pyplot as plt  # noqa: F401  (used as the sections are written)
@@ -23,6 +24,19 @@ def _show(out: W.Output, fig) -> None:
     with out:
         out.clear_output(wait=True)
         display(fig)
+
+
+def _draw(image: W.Image, fig) -> None:
+    """Show `fig` in `image` as a PNG at its own size (an Image stretches to the page otherwise).
+
+    An Image rather than an Output widget: nbconvert and nbclient (which grading uses) emulate
+    Output widgets by sending on the kernel's shell channel while they await the cell's reply on
+    it, and that can stall the cell for its whole timeout (jupyter/nbclient#312).
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    image.value = buffer.getvalue()
+    image.layout.width = f"{round(fig.get_figwidth() * fig.dpi)}px"
 
 
 class LearningRateExplorer:
@@ -53,7 +67,7 @@ class LearningRateExplorer:
         )
         self.steps = W.IntSlider(value=steps, min=1, max=100, description="steps")
         self.label = W.HTML()
-        self.out = W.Output()
+        self.image = W.Image(format="png")
         for control in (self.lr, self.start0, self.start1, self.steps):
             control.observe(lambda change: self.update(), names="value")
         self.ui = W.VBox(
@@ -61,7 +75,7 @@ class LearningRateExplorer:
                 W.HBox([self.lr, self.steps]),
                 W.HBox([self.start0, self.start1]),
                 self.label,
-                self.out,
+                self.image,
             ]
         )
         self.update()
@@ -82,7 +96,7 @@ class LearningRateExplorer:
             f"in {self.steps.value} steps (the minimum is {self.best:.3g})"
         )
         self.fig = plots.descent_paths(self.X, self.y, {f"α = {self.lr.value:.3g}": self.path})
-        _show(self.out, self.fig)
+        _draw(self.image, self.fig)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.ui._repr_mimebundle_(**kwargs)
@@ -104,9 +118,9 @@ class GradientAveraging:
         divisors = [d for d in range(1, max_k + 1) if len(y) % d == 0]  # equal shards only
         self.k = W.SelectionSlider(options=divisors, value=k, description="workers K")
         self.label = W.HTML()
-        self.out = W.Output()
+        self.image = W.Image(format="png")
         self.k.observe(lambda change: self.update(), names="value")
-        self.ui = W.VBox([self.k, self.label, self.out])
+        self.ui = W.VBox([self.k, self.label, self.image])
         self.update()
 
     def update(self) -> None:
@@ -120,7 +134,7 @@ class GradientAveraging:
             f"largest difference between their mean and the full-batch gradient: {gap:.1e}"
         )
         self.fig = plots.worker_gradients(self.grads, self.mean, self.full)
-        _show(self.out, self.fig)
+        _draw(self.image, self.fig)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.ui._repr_mimebundle_(**kwargs)

@@ -117,9 +117,11 @@ def test_learning_rate_explorer_shows_the_three_regimes(valley):
 def test_learning_rate_explorer_redraws_for_each_control(valley):
     X, y = valley
     w = widgets.LearningRateExplorer(X, y)
-    before = w.fig
+    before, shown = w.fig, w.image.value
+    assert bytes(shown[:4]) == b"\x89PNG"  # what the page shows: the figure as an image
     w.start0.value = 4.0
     assert w.fig is not before and w.path[0].tolist() == [4.0, w.start1.value]
+    assert bytes(w.image.value) != bytes(shown)
     w.steps.value = 5
     assert w.path.shape == (6, 2) and len(w.losses) == 6
     assert "J went from" in w.label.value
@@ -143,3 +145,4 @@ def test_gradient_averaging_mean_is_the_full_gradient_for_every_k():
         assert f"{K} workers with {24 // K} examples" in w.label.value
     quivers = [c for c in w.fig.axes[0].collections if isinstance(c, Quiver)]
     assert quivers[0].N == 12
+    assert bytes(w.image.value[:4]) == b"\x89PNG"

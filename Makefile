@@ -7,7 +7,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.minidp-installed
 # One thread per process: the tests and notebooks start 2-3 worker processes on 2 cores.
 export OMP_NUM_THREADS ?= 1
-export MPLBACKEND ?= Agg
 
 .PHONY: lab test test-fast lint format bench gpu-check clean
 
@@ -25,10 +24,10 @@ lab: $(STAMP)
 
 # Every test, then every notebook through nbval (lax: each cell must run; assert cells check).
 test: lint
-	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-cell-timeout=120
+	MPLBACKEND=Agg $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-cell-timeout=120
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests
+	MPLBACKEND=Agg $(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

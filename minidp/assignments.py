@@ -27,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import nbformat
@@ -156,35 +155,46 @@ def grade(path: Path, limit_s: float = 300.0) -> dict:
     )
 
 
-# Printed by the kernel after every cell; the marker is new each run, so no cell can fake it.
-PROBE = (
-    "print({marker!r}, __import__('json').dumps({{r.exercise: [r.status, r.hint] "
-    "for r in __import__('minidp.checks').checks.RESULTS}}))"
-)
+# Run in the kernel after every cell. The results go to a file, not to print(): a cell's printed
+# output travels apart from its reply, and a busy machine can deliver it after the reply.
+PROBE = """try:
+    __import__("pathlib").Path({path!r}).write_text(__import__("json").dumps(
+        {{r.exercise: [r.status, r.hint] for r in __import__("minidp.checks").checks.RESULTS}}))
+except Exception:  # a notebook that broke minidp.checks: what earlier probes read stands
+    pass"""
 
 
 def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, str, list[str]]:
     """Execute nb in a fresh kernel in a temporary folder: (results, outcome, errors)."""
     with tempfile.TemporaryDirectory(prefix="minidp-grade-") as tmp:
-        shutil.copy(path, tmp)  # the notebook may read or overwrite itself: only this copy
+        cwd = Path(tmp) / "work"  # the notebook's working directory, the probe's file beside it
+        cwd.mkdir()
+        shutil.copy(path, cwd)  # the notebook may read or overwrite itself: only this copy
         # The instructor's IPython profile (history, startup files) stays out of the grading.
-        env = {**os.environ, "IPYTHONDIR": str(Path(tmp) / ".ipython")}
+        env = {**os.environ, "IPYTHONDIR": str(Path(tmp) / "ipython")}
         # The submission's kernelspec names the student's kernel: grade in this Python's own.
         # Errors are the student's to make: later cells still run and their checks still count.
         client = NotebookClient(
             nb, kernel_name="python3", allow_errors=True, extra_arguments=["--log-level=ERROR"]
         )
-        with client.setup_kernel(cwd=tmp, env=env):
+        with client.setup_kernel(cwd=str(cwd), env=env):
             kernel_pid = client.km.provisioner.pid
             try:
-                return _run_cells(client, nb, time.monotonic() + limit_s, limit_s)
+                return _run_cells(client, nb, Path(tmp) / "results.json", limit_s)
             finally:  # before nbclient's shutdown, which would wait for a busy kernel
                 end_process_tree(kernel_pid)
 
 
-def _run_cells(client: NotebookClient, nb, deadline: float, limit_s: float):
-    marker = f"minidp-grade-{uuid.uuid4().hex}"
+def _run_cells(client: NotebookClient, nb, results_file: Path, limit_s: float):
     results, outcome, errors, index = {}, "ran to the end", [], 0
+    probe = nbformat.v4.new_code_cell(PROBE.format(path=str(results_file)))
+
+    def record_error(cell, cell_index, execute_reply):  # from the reply, which always arrives
+        content = execute_reply["content"]
+        errors.append(f"cell {cell_index}: {content['ename']}: {content['evalue']}".split("\n")[0])
+
+    client.on_cell_error = record_error
+    deadline = time.monotonic() + limit_s
     try:
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
@@ -193,26 +203,15 @@ def _run_cells(client: NotebookClient, nb, deadline: float, limit_s: float):
                 raise CellTimeoutError("time limit")
             client.timeout = max(1, int(deadline - time.monotonic()))  # whole seconds only
             client.execute_cell(cell, index)
-            for o in cell.outputs:
-                if o.output_type == "error":
-                    errors.append(f"cell {index}: {o.ename}: {o.evalue}".split("\n")[0])
-            probe = nbformat.v4.new_code_cell(PROBE.format(marker=marker))
             client.timeout = 30
             client.execute_cell(probe, index, store_history=False)
-            results = _read_probe(probe, marker) or results
+            if results_file.exists():
+                results = {ex: tuple(v) for ex, v in json.loads(results_file.read_text()).items()}
     except CellTimeoutError:
         outcome = f"stopped at the time limit of {limit_s:g} s, in cell {index}"
     except DeadKernelError:
         outcome = f"the kernel died in cell {index}"
     return results, outcome, errors
-
-
-def _read_probe(probe: nbformat.NotebookNode, marker: str) -> dict[str, tuple[str, str]]:
-    for o in probe.outputs:
-        for line in o.get("text", "").splitlines() if o.output_type == "stream" else []:
-            if line.startswith(marker + " "):
-                return {ex: tuple(v) for ex, v in json.loads(line[len(marker) + 1 :]).items()}
-    return {}
 
 
 def end_process_tree(pid: int) -> None:

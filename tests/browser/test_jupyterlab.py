@@ -5,11 +5,12 @@ with Run > Run All Cells, and looked at.
 
 For each notebook: every code cell ran and none shows an error; every plot is on the page as a
 loaded image, and a notebook that draws shows at least one; every widget rendered, and each of
-its sliders, drop-downs and check boxes, moved from the keyboard or clicked, changes what the
-widget shows (its figure or its text, so a round trip through the kernel). A screenshot of each
-notebook as Run All left it, at its first widget or plot, goes to out/screenshots/NN_name.png for
-a person to look at (NN_name-failed.png: the page when its test failed). docs/jupyterlab.png, the
-README's, is 02_gradient_descent.png reduced to 256 colours.
+its sliders, drop-downs, toggle buttons and check boxes, moved from the keyboard or clicked,
+changes what the widget shows (its figure or its text, so a round trip through the kernel).
+
+A screenshot of each notebook as Run All left it, at its first widget or plot, goes to
+out/screenshots/NN_name.png for a person to look at (NN_name-failed.png: the page when its test
+failed). docs/jupyterlab.png, the README's, is 11_beyond_data_parallel.png in 256 colours.
 
 JupyterLab and Chromium come from tests/browser/conftest.py. Needs Debian's chromium and the
 playwright package: skipped without them, except under CI, where it fails.
@@ -109,6 +110,8 @@ def move(control, kind: str) -> None:
         at_max = control.get_attribute("aria-valuenow") == control.get_attribute("aria-valuemax")
         control.focus()
         control.press("ArrowLeft" if at_max else "ArrowRight")
+    elif kind == "toggle buttons":
+        control.locator("button:not(.mod-active)").first.click()  # another choice
     elif kind == "drop-down":
         options = control.locator("option").count()
         current = control.evaluate("e => e.selectedIndex")
@@ -129,7 +132,12 @@ def settle(widget, quiet_s: float = 0.6, timeout_s: float = 30.0) -> None:
             last, quiet_since = now, time.monotonic()
 
 
-CONTROLS = {"slider": ".noUi-handle", "drop-down": "select", "check box": "input[type=checkbox]"}
+CONTROLS = {  # what a learner moves; never a plain button, which may start a long action
+    "slider": ".noUi-handle",
+    "drop-down": "select",
+    "toggle buttons": ".widget-toggle-buttons",
+    "check box": "input[type=checkbox]",
+}
 
 
 def exercise_widgets(page, lab) -> list[str]:

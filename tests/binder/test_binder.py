@@ -176,9 +176,11 @@ def kernel_manager(python: Path, folder: Path) -> KernelManager:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_within_binder_limits(path, binder_python, binder_rows, tmp_path, monkeypatch):
-    # What a Binder session would not have: the Makefile's thread and backend settings.
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND"):
+    # The kernel's environment as on Binder: its own bin/ first on PATH (for any command a
+    # notebook runs), and none of the Makefile's thread and backend settings, nor our venv.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "VIRTUAL_ENV"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", f"{binder_python.parent}{os.pathsep}{os.environ['PATH']}")
     nb = nbformat.read(path, as_version=4)
     km = kernel_manager(binder_python, tmp_path / "kernels")
     metadata = {"metadata": {"path": str(path.parent)}}  # the kernel runs in notebooks/

@@ -21,6 +21,7 @@ strictly in order on every rank, a small first bucket, an end-of-backward callba
 """
 
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -32,6 +33,17 @@ from torch import Tensor
 # torch's DDP also caps its first bucket at 1 MB: the last layers' gradients, ready first, can
 # then start travelling while most of backward is still to run.
 FIRST_BUCKET_MB = 1.0
+
+
+def _weak_hook(ddp: "weakref.ref[_DataParallel]") -> Callable[[Tensor], None]:
+    """A gradient hook that calls ddp._hook while that DDP exists, and does nothing after."""
+
+    def hook(param: Tensor) -> None:
+        alive = ddp()
+        if alive is not None:
+            alive._hook(param)
+
+    return hook
 
 
 class _DataParallel(nn.Module):
@@ -54,8 +66,11 @@ class _DataParallel(nn.Module):
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t, src=self._global_rank(0), group=group)
         self.index = {p: i for i, p in enumerate(self.params)}  # tensors hash by identity
+        # Through a weak reference: a hook holding the DDP itself would make parameter -> hook ->
+        # DDP -> module -> parameter, a cycle through C++ that Python's collector cannot see, and
+        # no DDP (with its buffers) would ever be freed. A freed DDP's hooks do nothing.
         for p in self.params:
-            p.register_post_accumulate_grad_hook(self._hook)
+            p.register_post_accumulate_grad_hook(_weak_hook(weakref.ref(self)))
 
     def _global_rank(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)

@@ -147,17 +147,24 @@ def _worker(
     )
     torch.set_num_threads(options["threads"])
     try:
-        # The launcher hosts the rendezvous store; each worker connects to it as a client. Joining
-        # may take seconds on a busy machine, so it gets at least RENDEZVOUS_S, and only then
-        # does the caller's (perhaps much shorter) timeout apply to the collectives.
-        joining = timedelta(seconds=max(options["timeout"], RENDEZVOUS_S))
-        store = dist.TCPStore(LOOPBACK, port, is_master=False, timeout=joining)
-        dist.init_process_group(
-            options["backend"], store=store, rank=rank, world_size=world_size, timeout=joining
+        # The launcher hosts the rendezvous store; each worker connects to it as a client. On a
+        # busy machine workers may need seconds to get here, so they first wait for each other
+        # on the store, for up to RENDEZVOUS_S; only then is the group made, with the caller's
+        # (perhaps much shorter) timeout, which gloo applies to every later collective and
+        # send/recv, as well as to its own quick connection set-up.
+        store = dist.TCPStore(
+            LOOPBACK, port, is_master=False, timeout=timedelta(seconds=RENDEZVOUS_S)
         )
-        if options["timeout"] < RENDEZVOUS_S:
-            # No public API changes a group's timeout after it is made (torch 2.13).
-            dist.distributed_c10d._set_pg_timeout(timedelta(seconds=options["timeout"]))
+        if store.add("arrived", 1) == world_size:
+            store.set("all arrived", "yes")
+        store.wait(["all arrived"])
+        dist.init_process_group(
+            options["backend"],
+            store=store,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=options["timeout"]),
+        )
         result = fn(*args, **kwargs)
         dist.barrier()  # no rank leaves while another still needs it in a collective
         dist.destroy_process_group()
@@ -234,6 +241,10 @@ def launch(
             "use WSL, or put the worker code in a script and run it with torchrun."
         )
     ctx = mp.get_context("fork")
+    # torch.optim imports torch._dynamo on first use, about 2 s; imported once here, before the
+    # fork, every worker of every launch inherits it instead of paying again.
+    import torch._dynamo  # noqa: F401
+
     options = {"timeout": timeout, "threads": threads, "backend": backend}
     procs, conns, out_fds, store = [], {}, {}, None
     sys.stdout.flush()

@@ -224,3 +224,26 @@ def test_zero1_shards_state_and_checkpoints_in_the_unsharded_format():
         for name, value in ref.items():
             torch.testing.assert_close(state["state"][key][name], value, rtol=0, atol=1e-12)
     assert after <= 1e-12
+
+
+def _freed_after_use():
+    """A DDP that was used and dropped is freed, with its buffers (its hooks hold it weakly)."""
+    import gc
+    import weakref
+
+    model = _gpt()
+    refs = []
+    for wrap in [AfterBackwardDDP, PerParameterDDP, DistributedDataParallel]:
+        ddp = wrap(model)
+        _gpt_loss(ddp, 0, slice(0, BATCH)).backward()
+        refs.append(weakref.ref(ddp))
+        del ddp
+    gc.collect()
+    # The model trains on without the freed wrappers: its own gradients, no communication.
+    model.zero_grad()
+    _gpt_loss(model, 0, slice(0, BATCH)).backward()
+    return [r() is None for r in refs]
+
+
+def test_a_dropped_ddp_is_freed():
+    assert minidp.launch(_freed_after_use, 2) == [[True, True, True]] * 2

@@ -167,7 +167,7 @@ except Exception:  # a notebook that broke minidp.checks: what earlier probes re
 def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, str, list[str]]:
     """Execute nb in a fresh kernel in a temporary folder: (results, outcome, errors)."""
     with tempfile.TemporaryDirectory(prefix="minidp-grade-") as tmp:
-        cwd = Path(tmp) / "work"  # the notebook's working directory, the probe's file beside it
+        cwd = Path(tmp) / "work"  # the notebook's working directory; the probe's file is outside
         cwd.mkdir()
         shutil.copy(path, cwd)  # the notebook may read or overwrite itself: only this copy
         # The instructor's IPython profile (history, startup files) stays out of the grading.
@@ -177,6 +177,9 @@ def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, s
         client = NotebookClient(
             nb, kernel_name="python3", allow_errors=True, extra_arguments=["--log-level=ERROR"]
         )
+        # Outputs are not kept, so no stand-in for a browser's Output widget: nbclient's answers
+        # the kernel on the shell channel and can stall a cell for its timeout (nbclient#312).
+        client.comm_open_handlers = {"jupyter.widget": lambda msg: None}
         with client.setup_kernel(cwd=str(cwd), env=env):
             kernel_pid = client.km.provisioner.pid
             try:
@@ -185,7 +188,9 @@ def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, s
                 end_process_tree(kernel_pid)
 
 
-def _run_cells(client: NotebookClient, nb, results_file: Path, limit_s: float):
+def _run_cells(
+    client: NotebookClient, nb: nbformat.NotebookNode, results_file: Path, limit_s: float
+) -> tuple[dict, str, list[str]]:
     results, outcome, errors, index = {}, "ran to the end", [], 0
     probe = nbformat.v4.new_code_cell(PROBE.format(path=str(results_file)))
 

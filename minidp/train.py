@@ -56,7 +56,7 @@ class TrainConfig:
     grad_accum: int = _opt(1, "micro-steps per optimizer step (gradient accumulation)")
     lr: float = _opt(3e-3, "peak learning rate")
     min_lr: float = _opt(3e-4, "learning rate at the end of the cosine decay")
-    warmup_steps: int = _opt(20, "steps of linear warmup from 0 to lr")
+    warmup_steps: int = _opt(20, "steps of linear warmup up to lr")
     weight_decay: float = _opt(0.1, "AdamW weight decay, on matrices only")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
     seed: int = _opt(1337, "fixes the initialisation, the data order and dropout")
@@ -177,6 +177,31 @@ def sample(raw: GPT, prompt: torch.Tensor, c: TrainConfig, env: DistEnv) -> str:
     return decode(out[0].tolist())
 
 
+def train_step(step, lr, model, raw, optimizer, tokens, c: TrainConfig, env: DistEnv, autocast):
+    """One optimizer step on this rank's share of the step's global batch; its mean loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # Dropout's randomness from (seed, step, rank) alone, so a resumed run draws the same.
+    torch.manual_seed(c.seed * 1_000_003 + step * 1_009 + env.rank)
+    x, y = get_batch(tokens, step, c.seed, c.batch_size, c.block_size, env.rank, env.world_size)
+    micro = len(x) // c.grad_accum  # sequences per micro-step
+    loss_sum = torch.zeros((), device=env.device)
+    for i in range(c.grad_accum):
+        rows = slice(i * micro, (i + 1) * micro)
+        last = i == c.grad_accum - 1
+        # Only the last micro-step synchronises: the others just accumulate local gradients.
+        with nullcontext() if last else model.no_sync():
+            with autocast:
+                loss = model(x[rows].to(env.device), y[rows].to(env.device))[1]
+            (loss / c.grad_accum).backward()  # the mean over micro-steps, not their sum
+        loss_sum += loss.detach().float() / c.grad_accum
+    if c.grad_clip > 0:  # every rank holds the same averaged gradient: the same clipping
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), c.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 def train(c: TrainConfig) -> dict | None:
     """Train in this process, one rank of the job; rank 0 returns the metrics, others None."""
     owns_group = not dist.is_initialized()  # under `launch` the group is the launcher's to end
@@ -208,7 +233,6 @@ def _train(c: TrainConfig, env: DistEnv) -> dict | None:
     metrics["params"] = raw.num_params(non_embedding=False)
     if main and start == 0:
         metrics["sample_before"] = sample(raw, prompt, c, env)
-    micro = c.batch_size // (env.world_size * c.grad_accum)  # sequences per rank per micro-step
     tokens_per_step, flops, peak = (
         c.batch_size * c.block_size,
         raw.flops_per_token(),
@@ -228,29 +252,8 @@ def _train(c: TrainConfig, env: DistEnv) -> dict | None:
         mininterval=1.0,
     )
     for step in range(start, end):
-        t0 = time.perf_counter()
-        lr = lr_at(step, c)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Dropout's randomness from (seed, step, rank) alone, so a resumed run draws the same.
-        torch.manual_seed(c.seed * 1_000_003 + step * 1_009 + env.rank)
-        x, y = get_batch(
-            train_tokens, step, c.seed, c.batch_size, c.block_size, env.rank, env.world_size
-        )
-        loss_sum = torch.zeros((), device=env.device)
-        for i in range(c.grad_accum):
-            rows = slice(i * micro, (i + 1) * micro)
-            last = i == c.grad_accum - 1
-            # Only the last micro-step synchronises: the others just accumulate local gradients.
-            with nullcontext() if last else model.no_sync():
-                with autocast:
-                    loss = model(x[rows].to(env.device), y[rows].to(env.device))[1]
-                (loss / c.grad_accum).backward()  # the mean over micro-steps, not their sum
-            loss_sum += loss.detach().float() / c.grad_accum
-        if c.grad_clip > 0:  # every rank holds the same averaged gradient: the same clipping
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), c.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        t0, lr = time.perf_counter(), lr_at(step, c)
+        loss_sum = train_step(step, lr, model, raw, optimizer, train_tokens, c, env, autocast)
         dist.all_reduce(loss_sum)  # the loss of the whole global batch, for the log
         loss_value, dt = loss_sum.item() / env.world_size, time.perf_counter() - t0
         tokens_per_s = tokens_per_step / dt

@@ -6,7 +6,7 @@ are a step of their own: `pytest -m binder tests/binder` (`make test-binder`).
 
 import pytest
 
-ROWS = pytest.StashKey[list]()
+REPORT = pytest.StashKey[dict]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
@@ -26,18 +26,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def binder_rows(request: pytest.FixtureRequest) -> list:
-    """(notebook, seconds, peak MB, processes) of each notebook run, for the closing table."""
-    return request.config.stash.setdefault(ROWS, [])
+def binder_report(request: pytest.FixtureRequest) -> dict:
+    """For the closing summary: "build_s", the seconds the environment took to build, and
+    "rows", (notebook, seconds, peak MB, processes) of each notebook run."""
+    return request.config.stash.setdefault(REPORT, {"build_s": None, "rows": []})
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    rows = config.stash.get(ROWS, [])
-    if not rows:
+    report = config.stash.get(REPORT, None)
+    if report is None:
         return
     terminalreporter.section("notebooks in the Binder environment")
-    for line in table(rows):
-        terminalreporter.write_line(line)
+    if report["build_s"] is not None:
+        terminalreporter.write_line(f"environment built from binder/ in {report['build_s']:.0f} s")
+    if report["rows"]:
+        for line in table(report["rows"]):
+            terminalreporter.write_line(line)
 
 
 def table(rows: list) -> list[str]:

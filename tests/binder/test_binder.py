@@ -86,7 +86,7 @@ def pip_env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def binder_python(tmp_path_factory) -> Path:
+def binder_python(tmp_path_factory, binder_report) -> Path:
     """The Python of a fresh environment built from binder/ as repo2docker would; removed after."""
     version = re.fullmatch(r"python-(\d+\.\d+)", (BINDER / "runtime.txt").read_text().strip())
     assert version, "runtime.txt should read python-X.Y"
@@ -101,7 +101,7 @@ def binder_python(tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     run([python, "-m", "pip", "install", "--quiet", "ipykernel"])
     run([python, "-m", "pip", "install", "-r", "binder/requirements.txt"], cwd=ROOT, env=pip_env())
-    print(f"binder environment built in {time.perf_counter() - started:.0f} s")
+    binder_report["build_s"] = time.perf_counter() - started
     yield python
     shutil.rmtree(venv, ignore_errors=True)
 
@@ -175,7 +175,7 @@ def kernel_manager(python: Path, folder: Path) -> KernelManager:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_within_binder_limits(path, binder_python, binder_rows, tmp_path, monkeypatch):
+def test_notebook_within_binder_limits(path, binder_python, binder_report, tmp_path, monkeypatch):
     # The kernel's environment as on Binder: its own bin/ first on PATH (for any command a
     # notebook runs), and none of the Makefile's thread and backend settings, nor our venv.
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "VIRTUAL_ENV"):
@@ -206,7 +206,7 @@ def test_notebook_within_binder_limits(path, binder_python, binder_rows, tmp_pat
     for process in alive:
         process.kill()
     peak_mb = sampler.peak_bytes / 1e6
-    binder_rows.append((path.stem, seconds, peak_mb, sampler.most_processes))
+    binder_report["rows"].append((path.stem, seconds, peak_mb, sampler.most_processes))
     rss_mb = sampler.peak_rss_bytes / 1e6
     print(f"{path.name}: {seconds:.1f} s, peak {peak_mb:.0f} MB (RSS summed: {rss_mb:.0f} MB)")
     assert error is None, f"{path.name} failed in the Binder environment:\n{error}"

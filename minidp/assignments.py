@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import nbformat
 import psutil
@@ -253,7 +254,7 @@ def write_report(graded: list[dict], out: Path) -> tuple[Path, Path]:
 # ---- command line
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.exit(f"minidp.assignments: error: {message}")
 
 
@@ -262,7 +263,10 @@ def _submissions(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+            inside = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+            if not inside:
+                _fail(f"{path}: no notebooks in this folder")
+            found += inside
         elif path.is_file() and path.suffix == ".ipynb":
             found.append(path)
         else:

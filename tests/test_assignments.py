@@ -143,10 +143,13 @@ def test_help_explains_both_commands(capsys):
         ["student", "no/such/folder", "out"],
         ["grade", "no/such/notebook.ipynb"],
         ["grade", str(LOSS), "no/such/notebook.ipynb"],
+        ["grade", "no/such"],  # made an empty folder below
     ],
 )
 def test_bad_paths_are_one_line_errors(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if argv == ["grade", "no/such"]:
+        (tmp_path / "no" / "such").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit:
         assignments.main(argv)
     message = str(exit.value.code)

@@ -11,7 +11,8 @@ What Binder's builder (repo2docker) does, and what this test does in its place:
    and minidp itself. Nothing else from the project is installed: not the dev extra, not
    scripts/install_torch.py;
 3. every command through binder/start, which sets one thread per worker.
-Nothing is cached between runs: the environment is built in a temporary folder and removed.
+Nothing is cached between runs: the environment is built in a temporary folder, with pip's
+cache off (as repo2docker runs pip), and removed after.
 
 Memory is the peak over the run of the summed PSS (proportional set size) of the kernel and all
 its descendants, sampled every 50 ms. The workers that `minidp.launch` forks share the kernel's
@@ -99,8 +100,9 @@ def binder_python(tmp_path_factory, binder_report) -> Path:
     started = time.perf_counter()
     run([base, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
-    run([python, "-m", "pip", "install", "--quiet", "ipykernel"])
-    run([python, "-m", "pip", "install", "-r", "binder/requirements.txt"], cwd=ROOT, env=pip_env())
+    pip = [python, "-m", "pip", "install", "--no-cache-dir"]  # as repo2docker runs it
+    run([*pip, "--quiet", "ipykernel"])
+    run([*pip, "-r", "binder/requirements.txt"], cwd=ROOT, env=pip_env())
     binder_report["build_s"] = time.perf_counter() - started
     yield python
     shutil.rmtree(venv, ignore_errors=True)

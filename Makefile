@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.minidp-installed
 # One thread per process: the tests and notebooks start 2-3 worker processes on 2 cores.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: lab test test-fast lint format bench gpu-check clean
+.PHONY: lab test test-fast test-browser test-binder test-all lint format bench gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ test: lint
 
 test-fast: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
+
+# Every notebook in JupyterLab in headless Chromium (Debian's chromium; skipped without it,
+# except under CI=true). Screenshots go to out/screenshots/.
+test-browser: $(STAMP)
+	$(PY) -m pytest -m browser tests/browser
+
+# Every notebook in a fresh environment built from binder/ alone, within 60 s and 1.5 GB each.
+test-binder: $(STAMP)
+	$(PY) -m pytest -m binder tests/binder -s
+
+# What CI runs.
+test-all: test test-browser test-binder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

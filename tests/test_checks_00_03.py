@@ -292,5 +292,5 @@ def test_a_missing_requirement_is_said_plainly():
 
 
 def test_a_package_that_is_not_installed_is_missing():
-    req = checks._package("surely-not-a-package-minidp", (1, 0), "for nothing")
+    req = checks.nb00_welcome._package("surely-not-a-package-minidp", (1, 0), "for nothing")
     assert not req.ok and "pip install" in req.detail

@@ -5,8 +5,6 @@ The learner's functions run on real worker processes here, as in the notebooks. 
 are written the way a learner would write them, not taken from the checkers.
 """
 
-import ast
-import inspect
 import time
 
 import psutil
@@ -43,16 +41,11 @@ def assert_hint(exercise, fn, words):
     assert words in hint, f"expected a hint about {words!r}, got {hint!r}"
 
 
-def test_no_name_in_checks_is_defined_twice():
-    # Every notebook's checks share one module: a second definition of a helper silently replaces
-    # the first, and an earlier section's checker then calls the wrong function (it happened).
-    names = []
-    for node in ast.parse(inspect.getsource(checks)).body:
-        if isinstance(node, ast.FunctionDef | ast.ClassDef):
-            names.append(node.name)
-        elif isinstance(node, ast.Assign):
-            names += [target.id for target in node.targets if isinstance(target, ast.Name)]
-    assert sorted({name for name in names if names.count(name) > 1}) == []
+def test_each_checker_lives_in_its_notebooks_module():
+    # One module per notebook (minidp/checks/nbNN_*.py), so that helpers of different notebooks
+    # cannot shadow each other, as they once did when all shared one file.
+    for exercise, fn in checks.CHECKERS.items():
+        assert fn.__module__.startswith(f"minidp.checks.nb{exercise[:2]}_"), exercise
 
 
 @pytest.mark.parametrize(

@@ -482,7 +482,7 @@ def test_buckets_recognises_mistakes(fn, words):
 
 
 def test_buckets_rule_matches_the_example_in_the_notebook():
-    assert checks._buckets([100, 300, 200], 400) == [[2], [1, 0]]
+    assert checks.nb08_overlap_and_buckets._buckets([100, 300, 200], 400) == [[2], [1, 0]]
 
 
 # ---- 09.accumulation_step

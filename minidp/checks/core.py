@@ -1,0 +1,178 @@
+"""The checkers' common ground: results, the registry, comparing answers, and running the
+learner's function on real worker processes."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from minidp.launch import WorkerError, launch
+
+CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not attempted"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    exercise: str
+    status: str  # CORRECT, INCORRECT or NOT_ATTEMPTED
+    hint: str = ""
+
+    @property
+    def correct(self) -> bool:
+        return self.status == CORRECT
+
+    def __str__(self) -> str:
+        mark = {CORRECT: "✅", INCORRECT: "❌", NOT_ATTEMPTED: "⏳"}[self.status]
+        return f"{mark} {self.exercise}: {self.status}" + (f". {self.hint}" if self.hint else "")
+
+    def _repr_html_(self) -> str:
+        colour = {CORRECT: "#1a7f37", INCORRECT: "#cf222e", NOT_ATTEMPTED: "#9a6700"}[self.status]
+        return f'<div style="color:{colour};font-weight:600">{self}</div>'
+
+
+# A wrong answer we can predict: how to compute it, and what to tell the learner who gave it.
+Mistake = tuple[Callable, str]
+
+CHECKERS: dict[str, Callable[[Callable], CheckResult]] = {}
+RESULTS: list[CheckResult] = []
+
+
+def checker(exercise: str):
+    """Register the decorated function as the checker of `exercise`."""
+
+    def register(fn: Callable[[Callable], CheckResult]) -> Callable[[Callable], CheckResult]:
+        CHECKERS[exercise] = fn
+        return fn
+
+    return register
+
+
+def check(exercise: str, fn: Callable) -> CheckResult:
+    """Check the learner's `fn` for `exercise`, record the result, and return it (it displays)."""
+    if exercise not in CHECKERS:
+        raise KeyError(f"no checker called {exercise!r}; known: {', '.join(sorted(CHECKERS))}")
+    result = CHECKERS[exercise](fn)
+    RESULTS.append(result)
+    return result
+
+
+def report() -> dict[str, str]:
+    """The latest status of each exercise checked in this session: {exercise: status}."""
+    return {r.exercise: r.status for r in RESULTS}
+
+
+def same(a, b, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    """Whether two results agree: tensors, numbers, or (nested) lists and tuples of them."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same(x, y, rtol, atol) for x, y in zip(a, b, strict=True))
+    try:
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    if a.shape != b.shape:
+        return False
+    return torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol, equal_nan=True)
+
+
+def compare(
+    exercise: str,
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[tuple],
+    mistakes: Sequence[Mistake] = (),
+    generic_hint: str = "compare your result with the formula above on a small example",
+) -> CheckResult:
+    """Call fn and reference on each case (a tuple of arguments) and judge fn.
+
+    Inputs are cloned for each call, so a function that modifies its arguments cannot corrupt
+    the next comparison. When fn's answer matches a known mistake, that mistake's hint is given.
+    """
+    for args in cases:
+        try:
+            got = fn(*_cloned(args))
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+        except Exception as e:  # the learner's bug: report it, never crash the notebook
+            return CheckResult(exercise, INCORRECT, f"it raised {type(e).__name__}: {e}")
+        if same(got, reference(*_cloned(args))):
+            continue
+        for wrong, hint in mistakes:
+            if same(got, wrong(*_cloned(args))):
+                return CheckResult(exercise, INCORRECT, hint)
+        return CheckResult(exercise, INCORRECT, generic_hint)
+    return CheckResult(exercise, CORRECT)
+
+
+def _cloned(args: tuple) -> tuple:
+    return tuple(_clone(a) for a in args)
+
+
+def _clone(a):
+    # Lists too: a learner scaling a list of gradients in place must not corrupt the reference's.
+    if isinstance(a, torch.Tensor):
+        return a.clone()
+    if isinstance(a, list | tuple):
+        return type(a)(_clone(x) for x in a)
+    return a
+
+
+# ---- checking on real processes
+
+
+SKIPPED = "not attempted"  # what a worker returns when the learner's function is still a stub
+# Seconds a worker may wait for a message (and for the others to start) before the check gives
+# up: short enough that a deadlock is a verdict, not a hung cell; long enough that starting 4
+# processes on a busy 1-core Binder does not time out.
+TIMEOUT_S = 8.0
+HANG_HINT = (
+    "with {p} ranks a rank waited {t:g} s for a message that never came. A blocking send waits for "
+    "its matching recv: if every rank sends first, none ever receives (post the receive first "
+    "with dist.irecv, or use dist.isend); and every send needs a recv with the matching rank"
+)
+
+
+def learner_call(fn: Callable, *args):
+    """Call the learner's fn inside a worker; a stub's NotImplementedError becomes a marker."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        return SKIPPED
+
+
+def on_workers(exercise: str, world_size: int, worker: Callable, *args) -> list | CheckResult:
+    """Run worker(*args) on world_size processes: their results, or what a failure means.
+
+    A short timeout turns a learner's deadlock into a verdict in seconds, never a hung cell; a
+    learner's exception is printed as that rank's own traceback before the verdict.
+    """
+    try:
+        results = launch(worker, world_size, *args, timeout=TIMEOUT_S)
+    except WorkerError as e:
+        if "NotImplementedError" in str(e):
+            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+        # A deadlocked rank times out; its peer may instead see the connection close first.
+        if "timed out" in str(e).lower() or "Connection closed by peer" in str(e):
+            return CheckResult(exercise, INCORRECT, HANG_HINT.format(p=world_size, t=TIMEOUT_S))
+        print(e)  # the worker's traceback: the line of the learner's code that failed
+        last = str(e).strip().splitlines()[-1]
+        return CheckResult(exercise, INCORRECT, f"with {world_size} ranks, rank {e.rank}: {last}")
+    if any(isinstance(result, str) and result == SKIPPED for result in results):
+        return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+    return results
+
+
+def rank_tensor(rank: int, n: int, seed: int = 0) -> Tensor:
+    """Rank `rank`'s input for a check: n small integers, as floats, so every sum is exact."""
+    g = torch.Generator().manual_seed(1000 * seed + 10 * n + rank)
+    return torch.randint(-9, 10, (n,), generator=g).float()
+
+
+def judge(exercise: str, got: list, expected: list, mistakes: Sequence[tuple]) -> CheckResult:
+    """Correct if got equals expected; else the hint of the first mistake whose result it equals."""
+    if same(got, expected):
+        return CheckResult(exercise, CORRECT)
+    for wrong, hint in mistakes:
+        if wrong is not None and same(got, wrong):
+            return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, INCORRECT, "compare with the picture above on 3 ranks")

@@ -1,0 +1,67 @@
+"""Checkers of notebook 01, loss."""
+
+from collections.abc import Callable
+
+import torch
+
+from minidp import data, model
+from minidp.checks.core import CheckResult, checker, compare
+
+
+def linear_cases() -> list[tuple]:
+    """(theta, X, y) of a few sizes; m is never 2, where forgetting 1/m and 1/2 would agree."""
+    cases = []
+    for m, n, seed in ((7, 2, 1), (12, 3, 2), (30, 2, 3)):
+        g = torch.Generator().manual_seed(seed)
+        X, y = data.linear_data(m, theta=tuple(torch.randn(n, generator=g).tolist()), seed=seed)
+        cases.append((torch.randn(n, generator=g), X, y))
+    return cases
+
+
+@checker("01.mse")
+def _check_mse(fn: Callable) -> CheckResult:
+    r = lambda theta, X, y: X @ theta - y  # residuals, (m,)
+    mistakes = [
+        (lambda t, X, y: (r(t, X, y) ** 2).sum() / 2, "J is a mean: divide by m as well"),
+        (lambda t, X, y: (r(t, X, y) ** 2).mean(), "J has a factor 1/2 in front of the mean"),
+        (lambda t, X, y: (r(t, X, y) ** 2).sum(), "divide the sum of squares by 2m"),
+        (
+            lambda t, X, y: (r(t, X, y) ** 2).sum() / 2 * len(y),
+            "`/ 2 * m` multiplies by m: write `/ (2 * m)`",
+        ),
+        (lambda t, X, y: r(t, X, y).mean() / 2, "square each residual before averaging"),
+    ]
+    return compare("01.mse", fn, model.mse_loss, linear_cases(), mistakes)
+
+
+def _token_cases() -> list[tuple]:
+    """(logits (N, V), targets (N,)); the last has logits in the hundreds, where exp overflows."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(5, 7, generator=g), torch.randint(7, (5,), generator=g)),
+        (3 * torch.randn(12, 256, generator=g), torch.randint(256, (12,), generator=g)),
+        (200 * torch.randn(6, 9, generator=g), torch.randint(9, (6,), generator=g)),
+    ]
+
+
+@checker("01.cross_entropy")
+def _check_cross_entropy(fn: Callable) -> CheckResult:
+    pick = lambda values, t: values.gather(-1, t[:, None]).squeeze(-1)  # each row's target entry
+    log_p = lambda z: z.log_softmax(-1)
+    mistakes = [
+        (lambda z, t: pick(log_p(z), t).mean(), "the loss is -log p: you forgot the minus sign"),
+        (lambda z, t: -pick(log_p(z), t).sum(), "average over the N positions instead of summing"),
+        (lambda z, t: -pick(z.log_softmax(0), t).mean(), "normalise over the vocabulary: dim=-1"),
+        (lambda z, t: -pick(z.softmax(-1), t).mean(), "take the log of the probability"),
+        (lambda z, t: -pick(z, t).mean(), "turn logits into log-probabilities: z - logsumexp(z)"),
+        (lambda z, t: -log_p(z).mean(), "use only each row's target entry, not every entry"),
+        (
+            lambda z, t: -pick(z.exp() / z.exp().sum(-1, keepdim=True), t).log().mean(),
+            "exp overflows for large logits: use z - torch.logsumexp(z, dim=-1, keepdim=True)",
+        ),
+        (
+            lambda z, t: -pick(z.softmax(-1), t).log().mean(),
+            "log(softmax) gives log(0) = -inf for large logits: use z - logsumexp(z)",
+        ),
+    ]
+    return compare("01.cross_entropy", fn, model.cross_entropy, _token_cases(), mistakes)

@@ -1,0 +1,92 @@
+"""Matplotlib figures for the notebooks.
+
+Each function draws a figure and returns it, so that a notebook shows it and a test can inspect
+what was drawn without a screen. Figures are matplotlib.figure.Figure objects, not pyplot's:
+pyplot would keep every figure a widget redraws alive, and show each a second time at the end of
+the cell. One module per part of the course; every figure is also available here, as
+`minidp.plots.<name>`.
+"""
+
+from minidp.plots.ddp import (
+    PHASES,
+    bucket_sweep,
+    ddp_timeline,
+    fastest_step,
+    large_batch_runs,
+    replica_gaps,
+    step_seconds,
+)
+from minidp.plots.processes import (
+    alpha_beta,
+    collective,
+    contributors,
+    cost_seconds,
+    cost_terms,
+    delay_counts,
+    fit_alpha_beta,
+    holdings,
+    ring_step,
+    round_times,
+    staleness_effect,
+)
+from minidp.plots.scale import (
+    PART_COLOURS,
+    memory_bar,
+    parallel_layout,
+    pipeline_schedule,
+    replica_memory,
+    scaling,
+    tensor_parallel_mlp,
+    training_curves,
+    zero_stages,
+)
+from minidp.plots.single_process import (
+    LIMITS,
+    data_and_lines,
+    descent_paths,
+    gradient_clouds,
+    loss_curves,
+    loss_grid,
+    loss_surface,
+    neg_log_prob,
+    worker_gradients,
+)
+
+__all__ = [
+    "LIMITS",
+    "PART_COLOURS",
+    "PHASES",
+    "alpha_beta",
+    "bucket_sweep",
+    "collective",
+    "contributors",
+    "cost_seconds",
+    "cost_terms",
+    "data_and_lines",
+    "ddp_timeline",
+    "delay_counts",
+    "descent_paths",
+    "fastest_step",
+    "fit_alpha_beta",
+    "gradient_clouds",
+    "holdings",
+    "large_batch_runs",
+    "loss_curves",
+    "loss_grid",
+    "loss_surface",
+    "memory_bar",
+    "neg_log_prob",
+    "parallel_layout",
+    "pipeline_schedule",
+    "replica_gaps",
+    "replica_memory",
+    "ring_step",
+    "round_times",
+    "scaling",
+    "staleness_effect",
+    "step_seconds",
+    "tensor_parallel_mlp",
+    "training_curves",
+    "worker_gradients",
+    "zero_stages",
+]

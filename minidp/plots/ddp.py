@@ -1,0 +1,144 @@
+"""Figures of notebooks 07-09 (DDP by hand, overlap and buckets, gradient accumulation)."""
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+# ---- 07 DDP by hand
+
+
+def replica_gaps(gaps: dict[str, Tensor], tolerance: float | None = None) -> Figure:
+    """Largest |parameter difference| to the one-process run after each step, one line per run.
+
+    Exact zeros (a run equal to the last bit) are drawn at 1e-18, the floor of the log scale.
+    """
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for label, gap in gaps.items():
+        ax.plot(torch.as_tensor(gap).clamp(min=1e-18), marker=".", label=label)
+    if tolerance is not None:
+        ax.axhline(tolerance, color="0.5", linestyle="--", linewidth=1, label="tolerance")
+    ax.set(yscale="log", xlabel="step", ylabel="max |θ (K workers) - θ (one process)|")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---- 08 overlap and buckets
+# A trace is one rank's list of (what, index, time.perf_counter()) tuples for one training step:
+# the DDP's own events ("grad", "launch", "done", "backward end"; see minidp.ddp) and the
+# worker's marks "forward", "backward", "step" and "end" at the start of each phase.
+
+PHASES = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:green"}
+
+
+def step_seconds(ranks: list[list[tuple]]) -> float:
+    """How long one step took, given each rank's trace of it: first start to last end."""
+    start = min(t for trace in ranks for what, _, t in trace if what == "forward")
+    return max(t for trace in ranks for what, _, t in trace if what == "end") - start
+
+
+def fastest_step(steps: list[list[list[tuple]]]) -> list[list[tuple]]:
+    """The ranks' traces of the fastest step, from steps[rank][step]: on a shared machine, the
+    step that other programs disturbed least."""
+    by_step = [list(ranks) for ranks in zip(*steps, strict=True)]  # [step][rank]
+    return min(by_step, key=step_seconds)
+
+
+def _phase_spans(trace: list[tuple]) -> dict[str, tuple[float, float]]:
+    """(start, end) of forward, backward and optimizer step in one rank's trace."""
+    at = {what: t for what, _, t in trace if what in ("forward", "backward", "step", "end")}
+    # Backward's compute ends at the DDP's end-of-backward callback, before any wait for the
+    # network; when it is missing (no DDP) it ends where the optimizer step starts.
+    end = next((t for what, _, t in trace if what == "backward end"), at["step"])
+    return {
+        "forward": (at["forward"], at["backward"]),
+        "backward": (at["backward"], end),
+        "step": (at["step"], at["end"]),
+    }
+
+
+def _draw_rank(ax, trace: list[tuple], row: float, t0: float) -> None:
+    """Compute phases on the upper lane, each bucket's all-reduce on the lower one."""
+    ms = lambda t: 1e3 * (t - t0)
+    for phase, (start, end) in _phase_spans(trace).items():
+        ax.barh(row + 0.25, ms(end) - ms(start), left=ms(start), height=0.4, color=PHASES[phase])
+    ready = [ms(t) for what, _, t in trace if what == "grad"]
+    ax.plot(ready, [row + 0.25] * len(ready), "|", color="k", markersize=7, alpha=0.6)
+    launched = {i: t for what, i, t in trace if what == "launch"}
+    for what, i, t in trace:
+        if what == "done" and i in launched:
+            # Consecutive buckets alternate between two half-lanes, so that two in flight at
+            # once stay visible instead of hiding each other.
+            y = row - 0.35 + 0.2 * (i % 2)
+            colour = "tab:red" if i % 2 else "tab:purple"
+            ax.barh(y, ms(t) - ms(launched[i]), left=ms(launched[i]), height=0.2, color=colour)
+
+
+def ddp_timeline(traces: dict[str, list[list[tuple]]], steps_ms: dict | None = None) -> Figure:
+    """One panel per variant: each rank's forward, backward (ticks: a gradient is ready) and
+    optimizer step, and below them each bucket's all-reduce from launch to done; a shared time
+    axis in ms from the first rank's start of the step."""
+    rows = sum(len(ranks) for ranks in traces.values())
+    fig = Figure(figsize=(9, 1.0 + 1.3 * rows), layout="constrained")
+    axes = fig.subplots(len(traces), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (label, ranks) in zip(axes, traces.items(), strict=True):
+        t0 = min(t for trace in ranks for what, _, t in trace if what == "forward")
+        for r, trace in enumerate(ranks):
+            _draw_rank(ax, trace, len(ranks) - 1 - r, t0)
+        ax.set_yticks(
+            [y for r in range(len(ranks)) for y in (r - 0.25, r + 0.25)],
+            [f"rank {r} {lane}" for r in reversed(range(len(ranks))) for lane in ("comm", "work")],
+            fontsize=8,
+        )
+        title = label if not steps_ms else f"{label}: step {steps_ms[label]:.0f} ms"
+        ax.set_title(title, fontsize=10, loc="left")
+    axes[-1].set_xlabel("ms since the step started")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*PHASES.values(), "tab:purple"]]
+    names = ["forward", "backward", "optimizer step", "all-reduce of a bucket"]
+    fig.legend(handles, names, loc="outside lower center", ncols=4, fontsize=8)
+    return fig
+
+
+def bucket_sweep(
+    caps_mb: list[float], steps_ms: list[float], baselines: dict[str, float], buckets: list[int]
+) -> Figure:
+    """Step time against the bucket cap (log scale), each point labelled with its bucket count;
+    dashed lines for the baselines (after-backward, torch's DDP, compute alone)."""
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(caps_mb, steps_ms, marker="o", color="k", label="bucketed (ours)")
+    for cap, ms, n in zip(caps_mb, steps_ms, buckets, strict=True):
+        ax.annotate(f"{n}", (cap, ms), textcoords="offset points", xytext=(0, 6), ha="center")
+    for i, (label, ms) in enumerate(baselines.items()):
+        ax.axhline(ms, linestyle="--", color=plt.get_cmap("tab10")(i), label=label)
+    ax.set(xscale="log", xlabel="bucket cap (MB)", ylabel="ms per training step")
+    ax.set_title("Step time against bucket size (numbers: buckets per step)", fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---- 09 gradient accumulation and the large-batch learning rate
+
+
+def large_batch_runs(
+    runs: dict[str, tuple[Tensor, Tensor, Tensor]], ylabel="loss", log=True, ylim=None
+) -> Figure:
+    """Loss (left) and learning rate (right) against examples seen, one line per run.
+
+    runs: {label: (examples seen (n,), loss (n,), learning rate (n,))}. Against examples rather
+    than steps, a run with a 4x larger batch is compared where it has read as much data.
+    ylim (bottom, top) keeps a diverging run from squashing the others: it leaves at the top.
+    """
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_loss, ax_lr = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    for label, (examples, loss, lr) in runs.items():
+        (line,) = ax_loss.plot(examples, torch.as_tensor(loss).clamp(max=1e6), label=label)
+        ax_lr.plot(examples, lr, color=line.get_color())
+    ax_loss.set(yscale="log" if log else "linear", xlabel="examples seen", ylabel=ylabel)
+    if ylim is not None:
+        ax_loss.set_ylim(*ylim)
+    ax_lr.set(xlabel="examples seen", ylabel="learning rate")
+    ax_loss.legend(fontsize=8)
+    return fig

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from minidp.collectives import ALGORITHMS, ring_all_reduce, timed
-from minidp.collectives import timed as _timed  # noqa: F401  (old name; notebook 07 uses it)
 from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
 from minidp.launch import launch
 from minidp.model import GPT, GPTConfig
@@ -27,7 +26,7 @@ SIZES = [4 << 10, 64 << 10, 512 << 10, 4 << 20, 32 << 20]
 
 
 def _allreduce_worker(sizes: list[int], repeats: int, warmup: int) -> dict:
-    """Median seconds per all-reduce of each algorithm at each size (bytes of float32)."""
+    """Seconds of each all-reduce, per round: {size: {algorithm: [seconds, ...]}}."""
     candidates = {"torch": dist.all_reduce, **ALGORITHMS}
     medians = {}
     for size in sizes:
@@ -40,7 +39,7 @@ def _allreduce_worker(sizes: list[int], repeats: int, warmup: int) -> dict:
         for _ in range(repeats):
             for name, fn in candidates.items():
                 runs[name] += timed(lambda fn=fn, x=x: fn(x), 1)
-        medians[size] = {name: statistics.median(t) for name, t in runs.items()}
+        medians[size] = runs
     return medians
 
 
@@ -50,15 +49,20 @@ def _human(size: int) -> str:
 
 def allreduce(world_size: int = 2, sizes: list[int] = SIZES, repeats: int = 50) -> dict:
     """Run the all-reduce benchmark and print its table; returns {size: {algorithm: seconds}}."""
-    medians = launch(_allreduce_worker, world_size, sizes, repeats, 3, timeout=300)[0]
+    rounds = launch(_allreduce_worker, world_size, sizes, repeats, 3, timeout=300)[0]
     factor = 2 * (world_size - 1) / world_size
-    print(f"all-reduce, {world_size} ranks, gloo, float32, median of {repeats}")
+    print(f"all-reduce, {world_size} ranks, gloo, float32, median of {repeats} rounds")
     header = f"{'size':>7} {'algorithm':>9} {'time ms':>9} {'algbw GB/s':>11} {'busbw GB/s':>11}"
     print(header + f" {'vs torch':>9}")
-    for size, by_name in medians.items():
-        for name, seconds in by_name.items():
+    medians = {}
+    for size, by_name in rounds.items():
+        medians[size] = {name: statistics.median(t) for name, t in by_name.items()}
+        for name, times in by_name.items():
+            seconds = medians[size][name]
             algbw = size / seconds / 1e9
-            ratio = by_name["torch"] / seconds  # busbw ratio = inverse time ratio
+            # busbw ratio = inverse time ratio, taken within each round (the algorithms ran
+            # back to back, so a slow spell of the machine cancels out) and then the median.
+            ratio = statistics.median(t / s for t, s in zip(by_name["torch"], times, strict=True))
             print(
                 f"{_human(size):>7} {name:>9} {seconds * 1e3:9.3f} {algbw:11.3f} "
                 f"{algbw * factor:11.3f} {ratio:8.2f}x"

@@ -183,6 +183,11 @@ class DistributedDataParallel(_DataParallel):
         self.buffers = [
             torch.empty(_flat_size(b), dtype=b[0].dtype, device=b[0].device) for b in self.buckets
         ]
+        # Each parameter's place in its bucket, shaped like the parameter.
+        self.views, offsets = {}, [0] * len(self.buckets)
+        for p, i in self.bucket_of.items():
+            self.views[p] = self.buffers[i][offsets[i] : offsets[i] + p.numel()].view_as(p)
+            offsets[i] += p.numel()
         self._reset()
 
     def _make_buckets(self, cap_mb: float) -> list[list[Tensor]]:
@@ -202,6 +207,26 @@ class DistributedDataParallel(_DataParallel):
             buckets[-1].append(p)
             size += nbytes
         return buckets
+
+    def _flatten(self, params: list[Tensor], buffer: Tensor) -> None:
+        """Gradients into the bucket (with the used-flags, as in _DataParallel._flatten), except
+        those that already are their views in it, as _unflatten leaves them."""
+        for p in params:
+            view = self.views[p]
+            if p.grad is None:
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+        flags = [float(p.grad is not None) for p in params]
+        buffer[-len(params) :] = torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)
+
+    def _unflatten(self, params: list[Tensor], buffer: Tensor) -> None:
+        """Average in place, and make each gradient a view of the bucket: no copy back (torch's
+        DDP does the same with gradient_as_bucket_view=True). The next backward accumulates
+        into the views directly when the gradients are zeroed rather than set to None."""
+        buffer.div_(self.world_size)
+        for p, flag in zip(params, buffer[-len(params) :].tolist(), strict=True):
+            p.grad = self.views[p] if flag > 0 else None
 
     def _reset(self) -> None:
         self.pending = [len(b) for b in self.buckets]  # gradients each bucket still waits for

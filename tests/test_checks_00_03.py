@@ -8,25 +8,10 @@ checkers, so a checker whose mistake list drifts from what learners really do fa
 import pytest
 import torch
 import torch.nn.functional as F
+from checking import assert_hint, stub, verdict
 
 from minidp import checks, data, model
 from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
-
-
-def stub(*args):
-    raise NotImplementedError
-
-
-def verdict(exercise, fn) -> tuple[str, str]:
-    result = checks.check(exercise, fn)
-    return result.status, result.hint
-
-
-def assert_hint(exercise, fn, words):
-    status, hint = verdict(exercise, fn)
-    assert status == INCORRECT
-    assert words in hint, f"expected a hint about {words!r}, got {hint!r}"
-
 
 # ---- correct answers, learner style, and stubs
 

@@ -7,38 +7,15 @@ are written the way a learner would write them, not taken from the checkers.
 
 import time
 
-import psutil
 import pytest
 import torch
 import torch.distributed as dist
+from checking import assert_hint, stub, verdict
 
 from minidp import checks
 from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
-
-@pytest.fixture(autouse=True)
-def no_orphans():
-    """No checker leaves a worker process behind, whatever the learner's code did."""
-    yield
-    deadline = time.monotonic() + 5
-    while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert psutil.Process().children(recursive=True) == []
-
-
-def stub(*args):
-    raise NotImplementedError
-
-
-def verdict(exercise, fn) -> tuple[str, str]:
-    result = checks.check(exercise, fn)
-    return result.status, result.hint
-
-
-def assert_hint(exercise, fn, words):
-    status, hint = verdict(exercise, fn)
-    assert status == INCORRECT
-    assert words in hint, f"expected a hint about {words!r}, got {hint!r}"
+pytestmark = pytest.mark.usefixtures("no_orphans")
 
 
 def test_each_checker_lives_in_its_notebooks_module():

@@ -9,14 +9,16 @@ checkers, so a checker whose mistake list drifts from what learners really do fa
 import contextlib
 import time
 
-import psutil
 import pytest
 import torch
 import torch.distributed as dist
+from checking import assert_hint, stub, verdict
 
 from minidp import checks
 from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 from minidp.collectives import ring_all_reduce
+
+pytestmark = pytest.mark.usefixtures("no_orphans")
 
 EXERCISES = [
     "07.broadcast_parameters",
@@ -26,31 +28,6 @@ EXERCISES = [
     "09.accumulation_step",
     "09.warmup_lr",
 ]
-
-
-@pytest.fixture(autouse=True)
-def no_orphans():
-    """No checker leaves a worker process behind, whatever the learner's code did."""
-    yield
-    deadline = time.monotonic() + 5
-    while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert psutil.Process().children(recursive=True) == []
-
-
-def stub(*args):
-    raise NotImplementedError
-
-
-def verdict(exercise, fn) -> tuple[str, str]:
-    result = checks.check(exercise, fn)
-    return result.status, result.hint
-
-
-def assert_hint(exercise, fn, words):
-    status, hint = verdict(exercise, fn)
-    assert status == INCORRECT, f"{exercise}: {fn.__name__} was judged {status}"
-    assert words in hint, f"expected a hint about {words!r}, got {hint!r}"
 
 
 def test_every_checker_of_07_to_09_is_tested():

@@ -8,7 +8,6 @@ import textwrap
 import threading
 import time
 
-import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,15 +15,7 @@ import torch.distributed as dist
 import minidp
 from minidp import WorkerError, launch, read_env
 
-
-@pytest.fixture(autouse=True)
-def no_orphans():
-    """After every test, this process has no child processes left."""
-    yield
-    deadline = time.monotonic() + 5
-    while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert psutil.Process().children(recursive=True) == []
+pytestmark = pytest.mark.usefixtures("no_orphans")
 
 
 def test_results_in_rank_order_with_args_and_a_closure():

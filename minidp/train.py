@@ -49,7 +49,7 @@ class TrainConfig:
     block_size: int = _opt(128, "context length in tokens (bytes)")
     dropout: float = _opt(0.0, "dropout probability")
     # data and schedule
-    data: str = _opt("", "a UTF-8 text file to train on (default: Python's own reference manual)")
+    data: str = _opt("", "a text file to train on (default: Python's own reference manual)")
     steps: int = _opt(200, "optimizer steps in the whole schedule")
     stop_after: int = _opt(0, "end this run after this step, as a preempted job would (0: never)")
     batch_size: int = _opt(16, "sequences per optimizer step, over all ranks and micro-steps")
@@ -71,7 +71,7 @@ class TrainConfig:
     peak_tflops: float = _opt(0.0, "peak TFLOP/s per device for MFU on CPUs (GPUs are known)")
     timeout_s: float = _opt(300.0, "seconds a collective may wait before the run fails")
     # output
-    out_dir: str = _opt("runs/minidp", "where checkpoints, metrics.jsonl and the sample go")
+    out_dir: str = _opt("runs/minidp", "folder for ckpt.pt, metrics.jsonl and sample.txt")
     resume: bool = _opt(False, "continue from out_dir/ckpt.pt")
     checkpoint_every: int = _opt(0, "also checkpoint every this many steps (0: only at the end)")
     eval_every: int = _opt(50, "validation loss every this many steps (0: only at the end)")
@@ -334,13 +334,19 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for f in fields(TrainConfig):
-        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"] + " (default: %(default)s)"
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.default != "":  # an empty default means "the built-in one", which the help names
+            help += " (default: %(default)s)"
         if f.type is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help
             )
         else:
-            parser.add_argument(flag, type=f.type, default=f.default, help=help)
+            metavar = {"data": "FILE", "out_dir": "DIR"}.get(
+                f.name, {int: "N", float: "X"}.get(f.type)
+            )
+            kwargs = {"choices": ["minidp", "torch"]} if f.name == "ddp" else {"metavar": metavar}
+            parser.add_argument(flag, type=f.type, default=f.default, help=help, **kwargs)
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 

@@ -100,7 +100,7 @@ def test_learning_rate_schedule():
         (["--grad-accum", "3", "--batch-size", "8"], "does not divide"),
         (["--data", "/no/such/file.txt"], "no such file"),
         (["--nproc", "512"], "512 CPU workers"),
-        (["--ddp", "mpi"], "--ddp must be minidp or torch"),
+        (["--ddp", "mpi"], "invalid choice: 'mpi'"),
         (["--resume"], "no checkpoint"),
         (["--n-embd", "30", "--n-head", "4"], "not a multiple"),
         (["--no-such-option"], "unrecognized arguments"),

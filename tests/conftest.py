@@ -1,9 +1,29 @@
-"""Fixtures shared by the tests."""
+"""Fixtures shared by the tests, and the markers of the tests too long for `make test`."""
 
 import time
 
 import psutil
 import pytest
+
+# Marked tests run only when asked for by name (`pytest -m binder`), as steps of their own.
+LONG = {
+    "binder": ("make test-binder", "builds an environment from binder/ and runs every notebook"),
+    "browser": ("make test-browser", "runs every notebook in JupyterLab in headless Chromium"),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, (_, what) in LONG.items():
+        config.addinivalue_line("markers", f"{marker}: {what}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    chosen = config.getoption("markexpr", "")
+    for item in items:
+        for marker, (command, _) in LONG.items():
+            if item.get_closest_marker(marker) and marker not in chosen:
+                reason = f"minutes long: run it with -m {marker} ({command})"
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The `binder` marker, and the table of notebook times and memory it prints at the end.
+"""The Binder test's table of notebook times and memory, printed at the end of the run.
 
 The marked tests build a fresh environment (about a minute) and run every notebook in it, so they
 are a step of their own: `pytest -m binder tests/binder` (`make test-binder`).
@@ -7,22 +7,6 @@ are a step of their own: `pytest -m binder tests/binder` (`make test-binder`).
 import pytest
 
 REPORT = pytest.StashKey[dict]()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """Run only when asked for by name (-m binder), so that a plain `pytest tests` stays quick."""
-    if "binder" in config.getoption("markexpr", ""):
-        return
-    skip = pytest.mark.skip(reason="minutes long: run it with -m binder (make test-binder)")
-    for item in items:
-        if item.get_closest_marker("binder"):
-            item.add_marker(skip)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "binder: builds a fresh environment from binder/ and runs every notebook in it"
-    )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""JupyterLab on loopback and a headless Chromium for test_jupyterlab.py; the `browser` marker.
+"""JupyterLab on loopback and a headless Chromium for test_jupyterlab.py.
 
 The server serves a copy of notebooks/ in a temporary folder, so that saving (the test saves
 each notebook to read its outputs back) never writes outputs into the committed notebooks. Its
@@ -39,22 +39,6 @@ LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
 }
 ROWS = pytest.StashKey[list]()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """Run only when asked for by name (-m browser), so that a plain `pytest tests` stays quick."""
-    if "browser" in config.getoption("markexpr", ""):
-        return
-    skip = pytest.mark.skip(reason="minutes long: run it with -m browser (make test-browser)")
-    for item in items:
-        if item.get_closest_marker("browser"):
-            item.add_marker(skip)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "browser: runs every notebook in JupyterLab in headless Chromium"
-    )
 
 
 def unavailable(reason: str):

@@ -12,10 +12,11 @@ copied to the others).
     tree_all_reduce    reduce up a binomial tree, broadcast back down: 2 log2(p) steps,
                        few messages (good for small tensors), n bytes per step (poor for big ones).
 
-Pass `record=[]` to get a list of `Transfer`s: which rank sent which chunk to whom, at which step
-and when; the all-reduce notebook replays them. The ring follows the classic description in
-Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations" (2009);
-the bandwidth terms are those of Thakur, Rabenseifner & Gropp (2005).
+They run on gloo (CPUs), whose send/recv keep messages apart by tag; on NCCL use
+dist.all_reduce. Pass `record=[]` to get a list of `Transfer`s: which rank sent which chunk to
+whom, at which step and when; the all-reduce notebook replays them. The ring follows the
+classic description in Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for clusters
+of workstations" (2009); the bandwidth terms are those of Thakur, Rabenseifner & Gropp (2005).
 """
 
 import time
@@ -78,8 +79,12 @@ class _Comm:
 
 def _run(algorithm, name: str, tensor: Tensor, group, record: list | None) -> None:
     """Apply an algorithm on a flat contiguous tensor with the contract of all_reduce(tensor)."""
+    if dist.get_backend(group) == "nccl":
+        # NCCL matches a pair's messages in the order they were posted and ignores tags, which
+        # the ring relies on; on GPUs use dist.all_reduce (the course's algorithms are gloo's).
+        raise NotImplementedError(f"minidp's {name} all-reduce runs on gloo, not NCCL")
     comm = _Comm(group, name, record)
-    if comm.size == 1 or tensor.numel() == 0:
+    if comm.rank < 0 or comm.size == 1 or tensor.numel() == 0:  # not in the group: nothing
         return
     work = tensor if tensor.is_contiguous() else tensor.contiguous()
     algorithm(work.view(-1), comm)

@@ -87,10 +87,10 @@ def global_batch(
 
     A pure function of (seed, step): its own generator, never the global random state.
     """
-    if len(tokens) <= block_size + 1:
+    if len(tokens) <= block_size:  # a row is block_size + 1 tokens: inputs, and one more
         raise ValueError(f"{len(tokens)} tokens are too few for blocks of {block_size}")
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=g)
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=g)
     rows = torch.stack([tokens[s : s + block_size + 1] for s in starts.tolist()]).long()
     return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T) each; y is x shifted by 1
 

@@ -49,10 +49,11 @@ def _weak_hook(ddp: "weakref.ref[_DataParallel]") -> Callable[[Tensor], None]:
 class _DataParallel(nn.Module):
     """What every variant shares: the start broadcast, the hooks, no_sync and the step's end."""
 
-    def __init__(self, module: nn.Module, group=None):
+    def __init__(self, module: nn.Module, group=None, broadcast_buffers: bool = True):
         super().__init__()
         self.module = module
         self.group = group
+        self.broadcast_buffers = broadcast_buffers
         self.world_size = dist.get_world_size(group)
         self.require_sync = True
         self._callback_queued = False
@@ -76,7 +77,19 @@ class _DataParallel(nn.Module):
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
     def forward(self, *args, **kwargs):
+        self._start_step()
+        if self.broadcast_buffers:
+            # Like torch's DDP: rank 0's buffers (BatchNorm's running statistics) everywhere,
+            # before every forward, or each replica would keep statistics of its own data.
+            with torch.no_grad():
+                for b in self.module.buffers():
+                    dist.broadcast(b, src=self._global_rank(0), group=self.group)
         return self.module(*args, **kwargs)
+
+    def _start_step(self) -> None:
+        """Forget any bookkeeping a backward left unfinished (it raised: OOM, a bad batch), so
+        that the next backward synchronises again, as torch's DDP does in its forward."""
+        self._callback_queued = False
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -123,7 +136,7 @@ class _DataParallel(nn.Module):
             if p.grad is None:
                 buffer[offset : offset + n].zero_()
             else:
-                buffer[offset : offset + n].copy_(p.grad.view(-1))
+                buffer[offset : offset + n].copy_(p.grad.reshape(-1))  # any memory layout
             flags.append(float(p.grad is not None))
             offset += n
         buffer[offset:] = torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)
@@ -153,8 +166,14 @@ class AfterBackwardDDP(_DataParallel):
     minidp.collectives.ring_all_reduce.
     """
 
-    def __init__(self, module: nn.Module, group=None, all_reduce: Callable | None = None):
-        super().__init__(module, group)
+    def __init__(
+        self,
+        module: nn.Module,
+        group=None,
+        all_reduce: Callable | None = None,
+        broadcast_buffers: bool = True,
+    ):
+        super().__init__(module, group, broadcast_buffers)
         self.all_reduce = all_reduce or dist.all_reduce
         dtypes = {p.dtype for p in self.params}
         assert len(dtypes) <= 1, "AfterBackwardDDP flattens all gradients: one dtype only"
@@ -176,17 +195,19 @@ class AfterBackwardDDP(_DataParallel):
 class DistributedDataParallel(_DataParallel):
     """Bucketed gradient all-reduce, overlapped with backward: our drop-in for torch's DDP."""
 
-    def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0, group=None):
-        super().__init__(module, group)
+    def __init__(
+        self, module: nn.Module, bucket_cap_mb: float = 25.0, group=None, broadcast_buffers=True
+    ):
+        super().__init__(module, group, broadcast_buffers)
         self.buckets = self._make_buckets(bucket_cap_mb)
         self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
-        self.buffers = [
+        self.bucket_buffers = [
             torch.empty(_flat_size(b), dtype=b[0].dtype, device=b[0].device) for b in self.buckets
         ]
         # Each parameter's place in its bucket, shaped like the parameter.
         self.views, offsets = {}, [0] * len(self.buckets)
         for p, i in self.bucket_of.items():
-            self.views[p] = self.buffers[i][offsets[i] : offsets[i] + p.numel()].view_as(p)
+            self.views[p] = self.bucket_buffers[i][offsets[i] : offsets[i] + p.numel()].view_as(p)
             offsets[i] += p.numel()
         self._reset()
 
@@ -228,6 +249,12 @@ class DistributedDataParallel(_DataParallel):
         for p, flag in zip(params, buffer[-len(params) :].tolist(), strict=True):
             p.grad = self.views[p] if flag > 0 else None
 
+    def _start_step(self) -> None:
+        super()._start_step()
+        for work in self.works:  # launched on every rank alike, so these finish
+            work.wait()
+        self._reset()
+
     def _reset(self) -> None:
         self.pending = [len(b) for b in self.buckets]  # gradients each bucket still waits for
         self.next_bucket = 0  # buckets start in this order on every rank, whatever the timing
@@ -241,9 +268,9 @@ class DistributedDataParallel(_DataParallel):
             self._launch(self.next_bucket)
 
     def _launch(self, i: int) -> None:
-        self._flatten(self.buckets[i], self.buffers[i])
+        self._flatten(self.buckets[i], self.bucket_buffers[i])
         self._record("launch", i)
-        work = dist.all_reduce(self.buffers[i], group=self.group, async_op=True)
+        work = dist.all_reduce(self.bucket_buffers[i], group=self.group, async_op=True)
         if self.events is not None:  # stamped on gloo's thread the moment the data is summed
             work.get_future().then(lambda _, i=i: self._record("done", i))
         self.works.append(work)
@@ -258,7 +285,7 @@ class DistributedDataParallel(_DataParallel):
             self._launch(self.next_bucket)
         for i, work in enumerate(self.works):
             work.wait()
-            self._unflatten(self.buckets[i], self.buffers[i])
+            self._unflatten(self.buckets[i], self.bucket_buffers[i])
         self._reset()
 
 
@@ -269,5 +296,5 @@ class PerParameterDDP(DistributedDataParallel):
     parameter, each paying the network's fixed cost (alpha).
     """
 
-    def __init__(self, module: nn.Module, group=None):
-        super().__init__(module, bucket_cap_mb=0.0, group=group)
+    def __init__(self, module: nn.Module, group=None, broadcast_buffers: bool = True):
+        super().__init__(module, 0.0, group, broadcast_buffers)

@@ -63,7 +63,7 @@ def read_env() -> DistEnv:
     # forces the CPU (a GPU machine running the CPU tests, or `launch`, which forks and so must
     # not touch CUDA in the parent).
     want_cpu = os.environ.get("MINIDP_DEVICE", "") == "cpu"
-    if torch.cuda.is_available() and not want_cpu:
+    if not want_cpu and torch.cuda.is_available():
         return DistEnv(rank, local_rank, world_size, torch.device("cuda", local_rank), "nccl")
     return DistEnv(rank, local_rank, world_size, torch.device("cpu"), "gloo")
 
@@ -139,6 +139,7 @@ def _worker(
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
+        GROUP_RANK="0",  # one node: this machine
         MASTER_ADDR=LOOPBACK,
         MASTER_PORT=str(port),
         OMP_NUM_THREADS=str(options["threads"]),
@@ -302,8 +303,9 @@ def _collect(procs: list, conns: dict, pump: threading.Thread) -> list:
             causes = [r for r, msg in failures.items() if not any(e in msg for e in echoes)]
             rank = min(causes or failures)
             raise WorkerError(rank, failures[rank])
-    for p in procs:
-        p.join()
+    for p in procs:  # reported, so about to exit; a thread the worker left running can delay it
+        p.join(timeout=10)
+    _stop(procs)
     pump.join(timeout=5)
     return results
 
@@ -319,5 +321,9 @@ def _receive(conn, proc) -> tuple[str, Any]:
 
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
-        return f"the worker process was killed by signal {signal.Signals(-code).name}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = str(-code)
+        return f"the worker process was killed by signal {name}"
     return f"the worker process exited with code {code} without reporting a result"

@@ -14,14 +14,13 @@ torch's. AdamW with warmup and cosine decay, gradient clipping and accumulation,
 train.py; checkpoints (minidp.checkpoint) let an interrupted run continue exactly where it was.
 """
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,82 +28,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from minidp import checkpoint
+from minidp.config import ConfigError, TrainConfig, parse_args, validate
 from minidp.data import decode, get_batch, load_tokens, split
 from minidp.ddp import DistributedDataParallel
 from minidp.launch import DistEnv, launch, setup_distributed
 from minidp.model import GPT, GPTConfig
 from minidp.zero import ZeroRedundancyOptimizer
-
-
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class TrainConfig:
-    # model
-    n_layer: int = _opt(4, "transformer blocks")
-    n_head: int = _opt(4, "attention heads per block")
-    n_embd: int = _opt(128, "embedding width")
-    block_size: int = _opt(128, "context length in tokens (bytes)")
-    dropout: float = _opt(0.0, "dropout probability")
-    # data and schedule
-    data: str = _opt("", "a text file to train on (default: Python's own reference manual)")
-    steps: int = _opt(200, "optimizer steps in the whole schedule")
-    stop_after: int = _opt(0, "end this run after this step, as a preempted job would (0: never)")
-    batch_size: int = _opt(16, "sequences per optimizer step, over all ranks and micro-steps")
-    grad_accum: int = _opt(1, "micro-steps per optimizer step (gradient accumulation)")
-    lr: float = _opt(3e-3, "peak learning rate")
-    min_lr: float = _opt(3e-4, "learning rate at the end of the cosine decay")
-    warmup_steps: int = _opt(20, "steps of linear warmup up to lr")
-    weight_decay: float = _opt(0.1, "AdamW weight decay, on matrices only")
-    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
-    seed: int = _opt(1337, "fixes the initialisation, the data order and dropout")
-    # parallelism and hardware
-    nproc: int = _opt(1, "CPU worker processes to start (not under torchrun)")
-    ddp: str = _opt("minidp", "whose DistributedDataParallel: minidp or torch")
-    bucket_cap_mb: float = _opt(25.0, "DDP bucket size in MB")
-    zero1: bool = _opt(False, "shard the optimizer state across ranks (ZeRO stage 1)")
-    bf16: bool = _opt(True, "bfloat16 autocast on GPUs (CPUs always use float32)")
-    compile: bool = _opt(False, "torch.compile the model")
-    threads: int = _opt(1, "torch threads per CPU worker")
-    peak_tflops: float = _opt(0.0, "peak TFLOP/s per device for MFU on CPUs (GPUs are known)")
-    timeout_s: float = _opt(300.0, "seconds a collective may wait before the run fails")
-    # output
-    out_dir: str = _opt("runs/minidp", "folder for ckpt.pt, metrics.jsonl and sample.txt")
-    resume: bool = _opt(False, "continue from out_dir/ckpt.pt")
-    checkpoint_every: int = _opt(0, "also checkpoint every this many steps (0: only at the end)")
-    eval_every: int = _opt(50, "validation loss every this many steps (0: only at the end)")
-    eval_batches: int = _opt(4, "batches of batch_size sequences per validation")
-    sample_tokens: int = _opt(200, "bytes of text to generate at the start and the end")
-    progress: bool = _opt(True, "a progress bar on rank 0")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run, found before any worker starts."""
-
-
-def validate(c: TrainConfig, world_size: int) -> None:
-    """Raise ConfigError (one line) for a configuration that cannot work."""
-    per_step = world_size * c.grad_accum
-    if c.ddp not in ("minidp", "torch"):
-        raise ConfigError(f"--ddp must be minidp or torch, not {c.ddp!r}")
-    if min(c.steps, c.batch_size, c.grad_accum, c.nproc, c.n_layer, c.n_head) < 1:
-        raise ConfigError("steps, batch_size, grad_accum, nproc, n_layer and n_head must be >= 1")
-    cores = os.cpu_count() or 1
-    if c.nproc > cores:
-        raise ConfigError(f"--nproc {c.nproc} CPU workers on {cores} cores would only slow down")
-    if c.batch_size % per_step:
-        raise ConfigError(
-            f"--batch-size {c.batch_size} does not divide among {world_size} ranks x "
-            f"{c.grad_accum} micro-steps; use a multiple of {per_step}"
-        )
-    if c.n_embd % c.n_head:
-        raise ConfigError(f"--n-embd {c.n_embd} is not a multiple of --n-head {c.n_head}")
-    if c.data and not Path(c.data).is_file():
-        raise ConfigError(f"--data {c.data}: no such file")
-    if c.resume and not (Path(c.out_dir) / "ckpt.pt").is_file():
-        raise ConfigError(f"--resume: no checkpoint at {Path(c.out_dir) / 'ckpt.pt'}")
 
 
 def lr_at(step: int, c: TrainConfig) -> float:
@@ -116,7 +45,16 @@ def lr_at(step: int, c: TrainConfig) -> float:
 
 
 # bf16 dense peak, TFLOP/s, from the vendors' data sheets; MFU as in PaLM (Chowdhery et al. 2022).
-GPU_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121}
+# The first name contained in the device's name wins: "H100 PCIe" before "H100" (SXM).
+GPU_PEAK_TFLOPS = {
+    "H200": 989,
+    "H100 PCIe": 756,
+    "H100": 989,
+    "A100": 312,
+    "L40S": 362,
+    "A10": 125,
+    "L4": 121,
+}
 
 
 def peak_flops(c: TrainConfig, env: DistEnv) -> float:
@@ -217,18 +155,13 @@ def _train(c: TrainConfig, env: DistEnv) -> dict | None:
     validate(c, env.world_size)
     if env.device.type == "cpu":
         torch.set_num_threads(c.threads)
-    out = Path(c.out_dir)
+    out, main = Path(c.out_dir), env.is_main
     train_tokens, val_tokens = split(load_tokens(c.data or None))
     model, raw, optimizer = build(c, env)
-    start = 0
-    if c.resume:
-        state = checkpoint.load(out / "ckpt.pt", expect=asdict(c))
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = _resume(c, raw, optimizer) if c.resume else 0
     use_bf16 = env.device.type == "cuda" and c.bf16
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    prompt, main = val_tokens[:32], env.is_main
+    prompt = val_tokens[:32]  # the same opening for the samples before and after training
     metrics: dict = {"config": asdict(c), "world_size": env.world_size, "log": [], "val": []}
     metrics["params"] = raw.num_params(non_embedding=False)
     if main and start == 0:
@@ -239,50 +172,34 @@ def _train(c: TrainConfig, env: DistEnv) -> dict | None:
         peak_flops(c, env),
     )
     end = min(c.steps, c.stop_after or c.steps)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    jsonl = open(out / "metrics.jsonl", "a") if main else None  # noqa: SIM115 (closed below)
-    bar = tqdm(
-        total=c.steps,
-        initial=start,
-        desc="train",
-        disable=not (main and c.progress),
-        file=sys.stdout,
-        ncols=88,
-        mininterval=1.0,
-    )
+    log = _Log(c, start, out) if main else None
     for step in range(start, end):
         t0, lr = time.perf_counter(), lr_at(step, c)
         loss_sum = train_step(step, lr, model, raw, optimizer, train_tokens, c, env, autocast)
         dist.all_reduce(loss_sum)  # the loss of the whole global batch, for the log
-        loss_value, dt = loss_sum.item() / env.world_size, time.perf_counter() - t0
-        tokens_per_s = tokens_per_step / dt
-        mfu = flops * tokens_per_s / (peak * env.world_size) if peak else None
+        loss, dt = loss_sum.item() / env.world_size, time.perf_counter() - t0
+        mfu = flops * tokens_per_step / dt / (peak * env.world_size) if peak else None
         row = {
             "step": step + 1,
-            "loss": loss_value,
+            "loss": loss,
             "lr": lr,
-            "tokens_per_s": tokens_per_s,
+            "tokens_per_s": tokens_per_step / dt,
             "mfu": mfu,
             "time_s": dt,
         }
         metrics["log"].append(row)
-        if main:
-            jsonl.write(json.dumps(row) + "\n")
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            bar.update()
+        if log:
+            log.step(row)
         if (c.eval_every and (step + 1) % c.eval_every == 0) or step + 1 == end:
             val = evaluate(model, val_tokens, c, env, autocast)
             metrics["val"].append({"step": step + 1, "val_loss": val})
-            if main:
-                jsonl.write(json.dumps({"step": step + 1, "val_loss": val}) + "\n")
-                bar.write(f"step {step + 1}: train loss {loss_value:.4f}, val loss {val:.4f}")
+            if log:
+                log.validation(step + 1, loss, val)
         if (c.checkpoint_every and (step + 1) % c.checkpoint_every == 0) or step + 1 == end:
             _checkpoint(out / "ckpt.pt", raw, optimizer, step + 1, c, main)
-    bar.close()
     if not main:
         return None
-    jsonl.close()
+    log.close()
     metrics["sample"] = sample(raw, prompt, c, env)
     (out / "sample.txt").write_text(metrics["sample"], encoding="utf-8")
     measured = metrics["log"][3:] or metrics["log"]  # past warm-up and compilation
@@ -290,6 +207,48 @@ def _train(c: TrainConfig, env: DistEnv) -> dict | None:
         middle = sorted(measured, key=lambda r: r["tokens_per_s"])[len(measured) // 2]
         metrics["tokens_per_s"], metrics["mfu"] = middle["tokens_per_s"], middle["mfu"]
     return metrics
+
+
+def _resume(c: TrainConfig, raw: GPT, optimizer) -> int:
+    """Load out_dir/ckpt.pt into the model and optimizer; the number of steps already done."""
+    state = checkpoint.load(Path(c.out_dir) / "ckpt.pt", expect=asdict(c))
+    raw.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])  # for completeness: each step reseeds dropout anyway
+    return state["step"]
+
+
+class _Log:
+    """Rank 0's record of the run: metrics.jsonl, and a progress bar with loss and tokens/s."""
+
+    def __init__(self, c: TrainConfig, start: int, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        # A resumed run continues the log; a new one starts it afresh.
+        self.jsonl = open(out / "metrics.jsonl", "a" if c.resume else "w")  # noqa: SIM115
+        self.bar = tqdm(
+            total=c.steps,
+            initial=start,
+            desc="train",
+            disable=not c.progress,
+            file=sys.stdout,
+            ncols=88,
+            mininterval=1.0,
+        )
+
+    def step(self, row: dict) -> None:
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.bar.set_postfix(
+            loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False
+        )
+        self.bar.update()
+
+    def validation(self, step: int, loss: float, val: float) -> None:
+        self.jsonl.write(json.dumps({"step": step, "val_loss": val}) + "\n")
+        self.bar.write(f"step {step}: train loss {loss:.4f}, val loss {val:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.jsonl.close()
 
 
 def _checkpoint(path: Path, raw: GPT, optimizer, step: int, c: TrainConfig, main: bool) -> None:
@@ -305,8 +264,9 @@ def _checkpoint(path: Path, raw: GPT, optimizer, step: int, c: TrainConfig, main
     dist.barrier()  # nobody races ahead (or exits) before the checkpoint is on disk
 
 
-def run(c: TrainConfig) -> dict:
-    """Train as configured from Python, starting worker processes if needed; rank 0's metrics.
+def run(c: TrainConfig) -> dict | None:
+    """Train as configured from Python, starting worker processes if needed; rank 0's metrics
+    (None on the other ranks of a torchrun job).
 
     Under torchrun this process is one rank. Otherwise, with nproc CPU workers started here
     (forked, so it works from a notebook), or in this process on a GPU when nproc is 1.
@@ -321,39 +281,10 @@ def run(c: TrainConfig) -> dict:
     return launch(train, c.nproc, c, timeout=c.timeout_s, threads=c.threads)[0]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from command-line options: one --option-name per field, same defaults."""
-    parser = _Parser(
-        prog="python -m minidp.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    for f in fields(TrainConfig):
-        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.default != "":  # an empty default means "the built-in one", which the help names
-            help += " (default: %(default)s)"
-        if f.type is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help
-            )
-        else:
-            metavar = {"data": "FILE", "out_dir": "DIR"}.get(
-                f.name, {int: "N", float: "X"}.get(f.type)
-            )
-            kwargs = {"choices": ["minidp", "torch"]} if f.name == "ddp" else {"metavar": metavar}
-            parser.add_argument(flag, type=f.type, default=f.default, help=help, **kwargs)
-    return TrainConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> None:
     from minidp.launch import WorkerError
 
-    c = parse_args(argv)
+    c = parse_args(argv, description=__doc__)
     try:
         metrics = run(c)
     except (ConfigError, checkpoint.CheckpointError) as e:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 
 def partition(sizes: list[int], world_size: int) -> list[int]:
-    """The owning rank of each tensor: largest first, to the least-loaded rank (balanced bytes)."""
+    """The owning rank of each tensor of `sizes` bytes: largest first, to the least-loaded rank."""
     owner, load = [0] * len(sizes), [0] * world_size
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
         rank = min(range(world_size), key=lambda r: load[r])
@@ -45,7 +45,7 @@ class ZeroRedundancyOptimizer:
         # Every parameter in a fixed global order, so that all ranks agree on who owns what.
         self.all_groups = [{**g, "params": list(g["params"])} for g in groups]
         self.all_params = [p for g in self.all_groups for p in g["params"]]
-        owner = partition([p.numel() for p in self.all_params], self.world_size)
+        owner = partition([p.numel() * p.element_size() for p in self.all_params], self.world_size)
         self.owner = dict(zip(self.all_params, owner, strict=True))  # tensors hash by identity
         mine = [{**g, "params": [p for p in g["params"] if self.owner[p] == self.rank]}
                 for g in self.all_groups]  # fmt: skip
@@ -61,8 +61,12 @@ class ZeroRedundancyOptimizer:
         for p in self.all_params:  # every gradient, not only this rank's shard
             if set_to_none:
                 p.grad = None
-            elif p.grad is not None:
-                p.grad.detach_().zero_()
+            elif p.grad is not None:  # as torch.optim does; a DDP bucket's view cannot detach_
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
@@ -71,18 +75,20 @@ class ZeroRedundancyOptimizer:
             raise NotImplementedError("closures would run the model once per rank's shard")
         self.optim.step()
         for rank in range(self.world_size):
+            # One broadcast per owner and kind of tensor (dtype, device), of its parameters
+            # flattened, rather than one per tensor.
             owned = [p for p in self.all_params if self.owner[p] == rank]
-            if not owned:
-                continue
-            # One broadcast per owner, of its parameters flattened, rather than one per tensor.
-            flat = torch.cat([p.view(-1) for p in owned]) if rank == self.rank else None
-            if flat is None:
-                numel, like = sum(p.numel() for p in owned), owned[0]
-                flat = torch.empty(numel, dtype=like.dtype, device=like.device)
-            src = rank if self.group is None else dist.get_global_rank(self.group, rank)
-            dist.broadcast(flat, src=src, group=self.group)
-            if rank != self.rank:
-                _copy_into(owned, flat)
+            kinds = sorted({(p.dtype, p.device) for p in owned}, key=str)
+            for dtype, device in kinds:
+                same = [p for p in owned if (p.dtype, p.device) == (dtype, device)]
+                if rank == self.rank:
+                    flat = torch.cat([p.reshape(-1) for p in same])
+                else:
+                    flat = torch.empty(sum(p.numel() for p in same), dtype=dtype, device=device)
+                src = rank if self.group is None else dist.get_global_rank(self.group, rank)
+                dist.broadcast(flat, src=src, group=self.group)
+                if rank != self.rank:
+                    _copy_into(same, flat)
 
     # ---- checkpoints: the full state, in the unsharded optimizer's own format
 
@@ -97,8 +103,15 @@ class ZeroRedundancyOptimizer:
         local = self.optim.state_dict()
         index = {id(p): i for i, p in enumerate(self.all_params)}
         mine = [p for g in self.optim.param_groups for p in g["params"]]
-        # Re-key the local state by each parameter's global index.
-        shard = {index[id(p)]: local["state"][k] for k, p in enumerate(mine) if k in local["state"]}
+        # Re-key the local state by each parameter's global index, on the CPU: gathered as they
+        # are, GPU tensors would be rebuilt on rank `to` on their sender's device index.
+        shard = {
+            index[id(p)]: {
+                n: v.cpu() if torch.is_tensor(v) else v for n, v in local["state"][k].items()
+            }
+            for k, p in enumerate(mine)
+            if k in local["state"]
+        }
         shards: list = [None] * self.world_size if self.rank == to else None
         dst = to if self.group is None else dist.get_global_rank(self.group, to)
         dist.gather_object(shard, shards, dst=dst, group=self.group)

@@ -16,10 +16,10 @@ def _input(rank: int, numel: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     return (torch.randn(numel, generator=g) * 100).to(dtype)
 
 
-def _compare_with_torch(name: str) -> list[str]:
+def _compare_with_torch(name: str, numels: list[int] = NUMELS) -> list[str]:
     """Run `name` on every size and dtype; return a description of each mismatch."""
     algorithm, rank, failures = ALGORITHMS[name], dist.get_rank(), []
-    for numel in NUMELS:
+    for numel in numels:
         for seed, dtype in enumerate(DTYPES):
             x = _input(rank, numel, dtype, seed)
             expected = x.clone()
@@ -108,3 +108,19 @@ def test_ring_records_who_sent_what():
         assert all(0 <= t.start <= t.end for t in record)
     # Every rank ends the reduce-scatter holding a different chunk: together, all of them.
     assert sorted(records[r][p - 1].chunk for r in range(p)) == list(range(p))
+
+
+def _segmented(name: str, segment_bytes: int) -> list[str]:
+    """With tiny segments, chunks travel in many pieces and the phases pipeline into each other:
+    the path that large tensors take, exercised at small sizes (a few to a few hundred segments
+    a chunk; the largest size would take thousands of messages a step)."""
+    from minidp import collectives
+
+    collectives.SEGMENT_BYTES = segment_bytes
+    return _compare_with_torch(name, [n for n in NUMELS if n <= 1001])
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_ring_in_segments_matches_torch(world_size):
+    for failures in minidp.launch(_segmented, world_size, "ring", 24, timeout=30):
+        assert failures == []

@@ -247,3 +247,149 @@ def _freed_after_use():
 
 def test_a_dropped_ddp_is_freed():
     assert minidp.launch(_freed_after_use, 2) == [[True, True, True]] * 2
+
+
+class _Strided(nn.Module):
+    """A parameter stored transposed: not contiguous, like a channels_last convolution's."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 6).t())  # (6, 3), strides (1, 6)
+
+    def forward(self, x, step):
+        return torch.tanh(x @ self.weight)
+
+
+def _strided_loss(model, step, rows):
+    g = torch.Generator().manual_seed(step)
+    x, y = torch.randn(BATCH, 6, generator=g), torch.randn(BATCH, 3, generator=g)
+    return F.mse_loss(model(x[rows].double(), step), y[rows].double())
+
+
+MODELS["strided"] = (_Strided, _strided_loss)
+
+
+def _any_layout():
+    return {w: _compare("strided", "adamw", torch.float64, w) for w in WRAPPERS} | {
+        "zero": _compare("strided", "adamw", torch.float64, "bucketed", zero=True)
+    }
+
+
+def test_a_parameter_of_any_memory_layout():
+    for wrapper, (to_reference, across) in minidp.launch(_any_layout, 2)[0].items():
+        assert to_reference <= 1e-12, wrapper
+        assert across == 0.0, wrapper
+
+
+def _buffers_follow_rank_zero():
+    """BatchNorm's running statistics (buffers that forward updates) are rank 0's on every
+    replica after the next forward, as with torch's DDP; and `buffers()` is nn.Module's."""
+    same = {}
+    for wrapper in WRAPPERS:
+        torch.manual_seed(0)
+        ddp = WRAPPERS[wrapper](nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6)).double())
+        torch.manual_seed(dist.get_rank())  # each rank's own data: its own running statistics
+        ddp(torch.randn(8, 6).double()).sum().backward()
+        ddp.eval()  # a forward now only broadcasts rank 0's statistics, without updating them
+        ddp(torch.randn(8, 6).double())
+        mean = ddp.module[1].running_mean
+        first = mean.clone()
+        dist.broadcast(first, 0)
+        same[wrapper] = (len(list(ddp.buffers())) == 3, torch.equal(mean, first))
+    return same
+
+
+def test_buffers_follow_rank_zero():
+    for rank_results in minidp.launch(_buffers_follow_rank_zero, 2):  # rank 1's view counts
+        for wrapper, (has_buffers, equal) in rank_results.items():
+            assert has_buffers, wrapper
+            assert equal, wrapper
+
+
+class _Fails(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("out of memory (pretend)")
+
+
+class _FailsAtTheStart(nn.Module):
+    """Can fail in backward at its input end, which backward reaches last: after the output
+    layer's gradients are ready (and their hooks have run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x, fail: bool):
+        h = self.a(x)
+        return self.b(torch.tanh(_Fails.apply(h) if fail else h))
+
+
+def _after_a_failed_backward(wrapper):
+    """A backward that raises (a skipped batch) must not leave the DDP unable to synchronise."""
+    torch.manual_seed(0)
+    ddp = WRAPPERS[wrapper](_FailsAtTheStart().double())
+    torch.manual_seed(dist.get_rank())  # each rank's own data
+    try:
+        ddp(torch.randn(4, 6).double(), fail=True).sum().backward()
+    except RuntimeError:
+        pass
+    ddp.zero_grad()
+    ddp(torch.randn(4, 6).double(), fail=False).sum().backward()
+    grads = torch.cat([p.grad.reshape(-1) for p in ddp.parameters()])
+    first = grads.clone()
+    dist.broadcast(first, 0)
+    return (grads - first).abs().max().item()
+
+
+# torch's DDP refuses the next forward instead ("Expected to have finished reduction...").
+@pytest.mark.parametrize("wrapper", ["after_backward", "per_parameter", "bucketed"])
+def test_a_failed_backward_does_not_stop_synchronisation(wrapper):
+    assert minidp.launch(_after_a_failed_backward, 2, wrapper) == [0.0, 0.0]
+
+
+class _Mixed(nn.Module):
+    """Parameters of two dtypes, so that a rank owns shards of both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6).double()
+        self.b = nn.Linear(6, 3).float()
+
+    def forward(self, x, step):
+        return self.b(torch.tanh(self.a(x)).float()).double()
+
+
+def _zero_mixed_and_zeroed_views():
+    """ZeRO-1 over mixed dtypes, with gradients zeroed in place (our DDP's bucket views)."""
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    reference = _Mixed()
+    torch.manual_seed(0)
+    model = DistributedDataParallel(_Mixed(), bucket_cap_mb=0.0001)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.01)
+    optimizer = ZeroRedundancyOptimizer(model.parameters(), torch.optim.AdamW, lr=0.01)
+    diff = 0.0
+    for step in range(4):
+        for net, opt, rows in [(model, optimizer, slice(rank * 6, rank * 6 + 6)),
+                               (reference, ref_opt, slice(0, BATCH))]:  # fmt: skip
+            opt.zero_grad(set_to_none=False)
+            _toy_like_loss(net, step, rows).backward()
+            opt.step()
+        pairs = zip(model.parameters(), reference.parameters(), strict=True)
+        diff = max(diff, max((a.double() - b.double()).abs().max().item() for a, b in pairs))
+    return diff
+
+
+def _toy_like_loss(model, step, rows):
+    g = torch.Generator().manual_seed(step)
+    x, y = torch.randn(BATCH, 6, generator=g).double(), torch.randn(BATCH, 3, generator=g)
+    return F.mse_loss(model(x[rows], step), y[rows].double())
+
+
+def test_zero1_with_mixed_dtypes_and_gradients_zeroed_in_place():
+    assert max(minidp.launch(_zero_mixed_and_zeroed_views, 2)) <= 1e-6

@@ -1,6 +1,7 @@
 """The trainer: equal results at any world size, exact resume, faults, bad input, torchrun."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -68,9 +69,11 @@ def test_same_parameters_at_any_world_size(one_process, tmp_path, overrides):
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = tiny(tmp_path / "straight", nproc=2, zero1=True)
+    # Dropout and accumulation too: their randomness and data must continue where they were.
+    options = dict(nproc=2, zero1=True, dropout=0.1, grad_accum=2)
+    straight = tiny(tmp_path / "straight", **options)
     run(straight)
-    interrupted = tiny(tmp_path / "interrupted", nproc=2, zero1=True, stop_after=3)
+    interrupted = tiny(tmp_path / "interrupted", stop_after=3, **options)
     run(interrupted)
     assert checkpoint.load(os.path.join(interrupted.out_dir, "ckpt.pt"))["step"] == 3
     run(dataclasses.replace(interrupted, stop_after=0, resume=True))
@@ -83,6 +86,17 @@ def test_resume_at_another_world_size(one_process, tmp_path):
     run(interrupted)
     run(dataclasses.replace(interrupted, nproc=1, stop_after=0, resume=True))
     assert max_difference(final_weights(interrupted), one_process[1]) <= 1e-5
+
+
+def test_a_new_run_starts_a_new_log_and_a_resumed_one_continues_it(tmp_path):
+    config = tiny(tmp_path, steps=2)
+    run(config)
+    run(config)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert steps == [1, 2, 2]  # two steps and the validation at step 2, once
+    run(dataclasses.replace(config, steps=3, resume=True))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert steps == [1, 2, 2, 3, 3]
 
 
 def test_learning_rate_schedule():
@@ -99,6 +113,7 @@ def test_learning_rate_schedule():
         (["--nproc", "2", "--batch-size", "5"], "does not divide among 2 ranks"),
         (["--grad-accum", "3", "--batch-size", "8"], "does not divide"),
         (["--data", "/no/such/file.txt"], "no such file"),
+        (["--data", __file__, "--block-size", "4096"], "hold too few blocks of --block-size 4096"),
         (["--nproc", "512"], "512 CPU workers"),
         (["--ddp", "mpi"], "invalid choice: 'mpi'"),
         (["--resume"], "no checkpoint"),

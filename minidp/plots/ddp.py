@@ -94,9 +94,11 @@ def ddp_timeline(traces: dict[str, list[list[tuple]]], steps_ms: dict | None = N
         title = label if not steps_ms else f"{label}: step {steps_ms[label]:.0f} ms"
         ax.set_title(title, fontsize=10, loc="left")
     axes[-1].set_xlabel("ms since the step started")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*PHASES.values(), "tab:purple"]]
-    names = ["forward", "backward", "optimizer step", "all-reduce of a bucket"]
-    fig.legend(handles, names, loc="outside lower center", ncols=4, fontsize=8)
+    colours = [*PHASES.values(), "tab:purple", "tab:red"]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours]
+    names = ["forward", "backward", "optimizer step"]
+    names += ["all-reduce: bucket 0, 2, …", "bucket 1, 3, …"]
+    fig.legend(handles, names, loc="outside lower center", ncols=5, fontsize=8)
     return fig
 
 

@@ -54,6 +54,7 @@ def loss_surface(X: Tensor, y: Tensor, limits=LIMITS, marks: dict | None = None)
     T0, T1, J = loss_grid(X, y, limits)
     ax3d.plot_surface(T0, T1, J, cmap="viridis", alpha=0.9)
     ax3d.set(xlabel=r"$\theta_0$", ylabel=r"$\theta_1$", zlabel=r"$J(\theta)$")
+    ax3d.set_title("The loss of every line: a bowl over the plane of θ")
     ax = fig.add_subplot(1, 2, 2)
     _contours(ax, X, y, limits)
     for label, theta in (marks or {}).items():

@@ -168,6 +168,11 @@ def test_timeline_explorer_shows_the_chosen_variant():
     assert w.seconds == pytest.approx(plots.step_seconds(traces["bucketed"]))
     assert w.fig.axes[0].get_title(loc="left").startswith("bucketed: step")
     assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
+    untraced = widgets.TimelineExplorer({"torch": [trace(0.0, 0, ddp=False)]})
+    assert (
+        "not traced" in untraced.label_html.value
+        and "0 all-reduces" not in untraced.label_html.value
+    )
 
 
 @pytest.fixture(scope="module")

@@ -36,9 +36,12 @@ class TimelineExplorer:
         ranks = self.traces[self.label]
         self.seconds = plots.step_seconds(ranks)
         launches = sum(1 for what, _, _ in ranks[0] if what == "launch")
+        traced = any(what == "backward end" for what, _, _ in ranks[0])  # minidp's DDP syncing
+        comm = f"with {launches} all-reduce{'s' if launches != 1 else ''} per rank"
+        if not traced:  # torch's DDP, or ours inside no_sync()
+            comm = "its communication, if any, not traced"
         self.label_html.value = (
-            f"<b>{self.label}</b>: this step took {1e3 * self.seconds:.0f} ms, "
-            f"with {launches} all-reduce{'s' if launches != 1 else ''} per rank"
+            f"<b>{self.label}</b>: this step took {1e3 * self.seconds:.0f} ms, {comm}"
         )
         self.fig = plots.ddp_timeline({self.label: ranks}, {self.label: 1e3 * self.seconds})
         draw(self.image, self.fig)

@@ -20,7 +20,7 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minidp import assignments
+from minidp import assignments, grading
 from minidp.assignments import CODE_STUB, strip_solutions, student_notebook
 from minidp.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED
 
@@ -332,7 +332,7 @@ def test_errors_in_cells_do_not_lose_later_checks_nor_touch_the_instructors_file
     )
     before = tree_hash(course)
     monkeypatch.chdir(course)
-    graded = assignments.grade(path, limit_s=60)
+    graded = grading.grade(path, limit_s=60)
     assert tree_hash(course) == before
     assert graded["outcome"] == "ran to the end" and graded["score"] == 2
     assert graded["errors"] == ["cell 1: NameError: name 'undefined_name' is not defined"]
@@ -348,7 +348,7 @@ def test_errors_in_cells_do_not_lose_later_checks_nor_touch_the_instructors_file
 def test_a_notebook_that_hangs_or_crashes_is_graded_on_what_it_checked(tmp_path, trouble, outcome):
     path = synthetic(tmp_path, "01_loss.ipynb", trouble)
     start = time.monotonic()
-    graded = assignments.grade(path, limit_s=20)
+    graded = grading.grade(path, limit_s=20)
     assert time.monotonic() - start < 20 + 30  # kernel start-up and tear-down included
     assert outcome in graded["outcome"]
     assert graded["exercises"]["01.mse"]["status"] == CORRECT
@@ -368,7 +368,7 @@ orphan = subprocess.run("sleep 1000000 >/dev/null 2>&1 & echo $!", shell=True, c
 open({str(pids)!r}, "w").write(f"{{forked.pid}} {{own_session.pid}} {{orphan.stdout.decode()}}")"""
     path = synthetic(tmp_path, "01_loss.ipynb", workers)
     start = time.monotonic()
-    graded = assignments.grade(path, limit_s=60)
+    graded = grading.grade(path, limit_s=60)
     assert time.monotonic() - start < 60
     assert graded["outcome"] == "ran to the end" and graded["score"] == 2
     started = [int(pid) for pid in pids.read_text().split()]

@@ -148,24 +148,7 @@ def _worker(
     )
     torch.set_num_threads(options["threads"])
     try:
-        # The launcher hosts the rendezvous store; each worker connects to it as a client. On a
-        # busy machine workers may need seconds to get here, so they first wait for each other
-        # on the store, for up to RENDEZVOUS_S; only then is the group made, with the caller's
-        # (perhaps much shorter) timeout, which gloo applies to every later collective and
-        # send/recv, as well as to its own quick connection set-up.
-        store = dist.TCPStore(
-            LOOPBACK, port, is_master=False, timeout=timedelta(seconds=RENDEZVOUS_S)
-        )
-        if store.add("arrived", 1) == world_size:
-            store.set("all arrived", "yes")
-        store.wait(["all arrived"])
-        dist.init_process_group(
-            options["backend"],
-            store=store,
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=options["timeout"]),
-        )
+        _join_group(rank, world_size, port, options)
         result = fn(*args, **kwargs)
         dist.barrier()  # no rank leaves while another still needs it in a collective
         dist.destroy_process_group()
@@ -177,6 +160,27 @@ def _worker(
     finally:
         sys.stdout.flush()
         conn.close()
+
+
+def _join_group(rank: int, world_size: int, port: int, options: dict) -> None:
+    """Connect to the launcher's rendezvous store and make the process group.
+
+    On a busy machine workers may need seconds to get here, so they first wait for each other on
+    the store, for up to RENDEZVOUS_S; only then is the group made, with the caller's (perhaps
+    much shorter) timeout, which gloo applies to every later collective and send/recv, as well
+    as to its own quick connection set-up.
+    """
+    store = dist.TCPStore(LOOPBACK, port, is_master=False, timeout=timedelta(seconds=RENDEZVOUS_S))
+    if store.add("arrived", 1) == world_size:
+        store.set("all arrived", "yes")
+    store.wait(["all arrived"])
+    dist.init_process_group(
+        options["backend"],
+        store=store,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=options["timeout"]),
+    )
 
 
 def _pump_output(fds: dict[int, int], sink) -> None:

@@ -1,8 +1,18 @@
-"""minidp: data-parallel training from send/recv to a GPT trainer. See README.md for the map."""
+"""minidp: data-parallel training from send/recv to a GPT trainer. See README.md for the map.
 
-from minidp import checks, collectives, data, model
+The engine only: what `torchrun -m minidp.train` runs and a learner reads. Importing it loads
+torch and nothing else; the course's checkers, plots and widgets are in `minidp.course`.
+
+    results = minidp.launch(fn, 2)                          # fn on 2 CPU worker processes
+    minidp.collectives.ring_all_reduce(t)                   # like dist.all_reduce(t), by hand
+    model = minidp.DistributedDataParallel(model)           # like torch's DDP
+    optimizer = minidp.ZeroRedundancyOptimizer(params, torch.optim.AdamW, lr=1e-3)
+"""
+
+from minidp import collectives, data, linear, model
 from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
-from minidp.launch import DistEnv, WorkerError, launch, read_env, setup_distributed
+from minidp.environment import DistEnv, read_env, setup_distributed
+from minidp.launch import WorkerError, launch
 from minidp.zero import ZeroRedundancyOptimizer
 
 __all__ = [
@@ -12,10 +22,10 @@ __all__ = [
     "PerParameterDDP",
     "WorkerError",
     "ZeroRedundancyOptimizer",
-    "checks",
     "collectives",
     "data",
     "launch",
+    "linear",
     "model",
     "read_env",
     "setup_distributed",

@@ -1,4 +1,4 @@
-"""Start worker processes, and read the distributed environment in one place.
+"""Start worker processes from a notebook cell, a test or a script, as torchrun would.
 
 Two ways to run the same worker code:
 
@@ -13,7 +13,7 @@ Two ways to run the same worker code:
 first failing rank's traceback is raised in the caller, the others are ended) and torchrun's
 environment variables, so code written for one runs under the other.
 
-This module is the only place in minidp that reads RANK, LOCAL_RANK and WORLD_SIZE.
+The workers find the job in the environment variables torchrun sets (see minidp.environment).
 """
 
 import ctypes
@@ -27,7 +27,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import wait as wait_any
 from typing import Any
@@ -37,69 +36,6 @@ import torch.distributed as dist
 
 LOOPBACK = "127.0.0.1"
 RENDEZVOUS_S = 60.0  # the least time workers get to find each other, whatever `timeout` is
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job, and what it computes on."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-    backend: str
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def read_env() -> DistEnv:
-    """The job as torchrun (or `launch`) describes it in the environment; one process if unset."""
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    # One GPU per local rank with NCCL where GPUs exist; CPU with gloo otherwise. MINIDP_DEVICE=cpu
-    # forces the CPU (a GPU machine running the CPU tests, or `launch`, which forks and so must
-    # not touch CUDA in the parent).
-    want_cpu = os.environ.get("MINIDP_DEVICE", "") == "cpu"
-    if not want_cpu and torch.cuda.is_available():
-        return DistEnv(rank, local_rank, world_size, torch.device("cuda", local_rank), "nccl")
-    return DistEnv(rank, local_rank, world_size, torch.device("cpu"), "gloo")
-
-
-def setup_distributed(timeout_s: float = 300.0) -> DistEnv:
-    """Join the process group described by the environment (torchrun), if not already in one.
-
-    Under `launch` the group already exists and this only reports it. With no environment at
-    all it starts a group of one process, so that code written for many ranks (DDP, ZeRO) runs
-    unchanged in one; the caller ends it with dist.destroy_process_group().
-    """
-    env = read_env()
-    if env.device.type == "cuda":
-        torch.cuda.set_device(env.device)
-    if dist.is_initialized():
-        return env
-    timeout = timedelta(seconds=timeout_s)
-    device_id = env.device if env.device.type == "cuda" else None
-    if "MASTER_ADDR" in os.environ:  # torchrun: its rendezvous tells us where to meet
-        dist.init_process_group(
-            env.backend,
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=timeout,
-            device_id=device_id,
-        )
-    else:  # one process on its own: an in-memory store is all the rendezvous it needs
-        dist.init_process_group(
-            env.backend,
-            store=dist.HashStore(),
-            rank=0,
-            world_size=1,
-            timeout=timeout,
-            device_id=device_id,
-        )
-    return env
 
 
 class WorkerError(RuntimeError):

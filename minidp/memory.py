@@ -64,8 +64,13 @@ MODELS = {
 }
 
 # Memory as sold, in GB; a little goes to the CUDA context and to fragmentation.
-GPUS = {"RTX 4090 24GB": 24 * GB, "A100 40GB": 40 * GB, "A100 80GB": 80 * GB,
-        "H100 80GB": 80 * GB, "H200 141GB": 141 * GB}  # fmt: skip
+GPUS = {
+    "RTX 4090 24GB": 24 * GB,
+    "A100 40GB": 40 * GB,
+    "A100 80GB": 80 * GB,
+    "H100 80GB": 80 * GB,
+    "H200 141GB": 141 * GB,
+}
 
 # Bytes per parameter of (weights, gradients, optimizer state) when training with Adam.
 PRECISIONS = {
@@ -161,8 +166,10 @@ def fits(spec: ModelSpec, setup: Setup, gpu_bytes: float) -> bool:
 
 def table(specs: list[ModelSpec], setup: Setup) -> str:
     """One line per model: parameters and each part of the memory per GPU, in GB."""
-    lines = [f"{'model':<14}{'params':>9}{'weights':>9}{'grads':>9}{'optim':>9}{'activ':>9}"
-             f"{'total':>9}  GB per GPU"]  # fmt: skip
+    lines = [
+        f"{'model':<14}{'params':>9}{'weights':>9}{'grads':>9}{'optim':>9}{'activ':>9}"
+        f"{'total':>9}  GB per GPU"
+    ]
     for spec in specs:
         parts = per_gpu(spec, setup)
         cells = "".join(f"{v / GB:9.1f}" for v in [*parts.values(), sum(parts.values())])

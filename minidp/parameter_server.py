@@ -8,7 +8,7 @@
     times = time_per_round(3)                            # {"server": RoundTime, "ring": ...}
 
 Rank 0 is the server and ranks 1..K are the workers, so K workers take K + 1 processes. The model
-is the course's linear regression (minidp.model.mse_grad): a whole run takes milliseconds, and
+is the course's linear regression (minidp.linear.mse_grad): a whole run takes milliseconds, and
 every difference between two runs is the algorithm's, not the noise of a big model.
 
 Synchronous (the parameter server of Li et al., OSDI 2014): each step the server sends theta to
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from minidp.collectives import ring_all_reduce, timed
 from minidp.launch import launch
-from minidp.model import mse_grad
+from minidp.linear import mse_grad
 
 SERVER = 0  # the server's rank; workers are 1..K
 

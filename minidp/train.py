@@ -31,7 +31,8 @@ from minidp import checkpoint
 from minidp.config import ConfigError, TrainConfig, parse_args, validate
 from minidp.data import decode, get_batch, load_tokens, split
 from minidp.ddp import DistributedDataParallel
-from minidp.launch import DistEnv, launch, setup_distributed
+from minidp.environment import DistEnv, setup_distributed
+from minidp.launch import WorkerError, launch
 from minidp.model import GPT, GPTConfig
 from minidp.zero import ZeroRedundancyOptimizer
 
@@ -282,7 +283,6 @@ def run(c: TrainConfig) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from minidp.launch import WorkerError
 
     c = parse_args(argv, description=__doc__)
     try:

@@ -47,8 +47,10 @@ class ZeroRedundancyOptimizer:
         self.all_params = [p for g in self.all_groups for p in g["params"]]
         owner = partition([p.numel() * p.element_size() for p in self.all_params], self.world_size)
         self.owner = dict(zip(self.all_params, owner, strict=True))  # tensors hash by identity
-        mine = [{**g, "params": [p for p in g["params"] if self.owner[p] == self.rank]}
-                for g in self.all_groups]  # fmt: skip
+        mine = [
+            {**g, "params": [p for p in g["params"] if self.owner[p] == self.rank]}
+            for g in self.all_groups
+        ]
         # Empty groups are kept (a rank may own nothing of a group) so group indices line up.
         self.optim = optimizer_class(mine, **defaults)
 
@@ -140,8 +142,11 @@ class ZeroRedundancyOptimizer:
         for g, full in zip(self.optim.param_groups, state_dict["param_groups"], strict=True):
             hyper = {k: v for k, v in full.items() if k != "params"}
             local_groups.append({**hyper, "params": [local_index[id(p)] for p in g["params"]]})
-        state = {k: state_dict["state"][index[id(p)]] for k, p in enumerate(mine)
-                 if index[id(p)] in state_dict["state"]}  # fmt: skip
+        state = {
+            k: state_dict["state"][index[id(p)]]
+            for k, p in enumerate(mine)
+            if index[id(p)] in state_dict["state"]
+        }
         self.optim.load_state_dict({"state": state, "param_groups": local_groups})
 
 

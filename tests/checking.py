@@ -1,7 +1,7 @@
-"""Helpers for the tests of minidp.checks: a learner's stub, and a checker's verdict."""
+"""Helpers for the tests of minidp.course.checks: a learner's stub, and a checker's verdict."""
 
-from minidp import checks
-from minidp.checks import INCORRECT
+from minidp.course import checks
+from minidp.course.checks import INCORRECT
 
 
 def stub(*args):

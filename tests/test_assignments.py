@@ -20,9 +20,9 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minidp import assignments, grading
-from minidp.assignments import CODE_STUB, strip_solutions, student_notebook
-from minidp.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp.course import assignments, grading
+from minidp.course.assignments import CODE_STUB, strip_solutions, student_notebook
+from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -182,11 +182,12 @@ def expected(notebook: Path) -> set[str]:
 
 
 def run_student_version(path: Path) -> dict[str, str]:
-    """Run it top to bottom (any cell error fails), and return minidp.checks.report()."""
+    """Run it top to bottom (any cell error fails), and return minidp.course.checks.report()."""
     nb = nbformat.read(path, as_version=4)
     report = path.with_suffix(".report.json")  # a file: printed output can arrive late
     write = (
-        f"import json, minidp\nopen({str(report)!r}, 'w').write(json.dumps(minidp.checks.report()))"
+        "import json\nfrom minidp.course import checks\n"
+        f"open({str(report)!r}, 'w').write(json.dumps(checks.report()))"
     )
     nb.cells.append(new_code_cell(write))
     client = NotebookClient(
@@ -293,14 +294,14 @@ def test_grading_solutions_student_versions_and_typical_mistakes(tmp_path, monke
 
 
 # Small synthetic notebooks: the first cell answers 01.mse correctly, the last 01.cross_entropy.
-MSE = """import minidp
+MSE = """from minidp.course import checks
 def my_mse(theta, X, y):
     return ((X @ theta - y) ** 2).sum() / (2 * len(y))
-minidp.checks.check("01.mse", my_mse)"""
+checks.check("01.mse", my_mse)"""
 CROSS_ENTROPY = """import torch
 def my_cross_entropy(z, t):
     return -(z - torch.logsumexp(z, -1, keepdim=True))[torch.arange(len(t)), t].mean()
-minidp.checks.check("01.cross_entropy", my_cross_entropy)"""
+checks.check("01.cross_entropy", my_cross_entropy)"""
 
 
 def synthetic(folder: Path, name: str, *cells: str) -> Path:

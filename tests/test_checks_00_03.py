@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from checking import assert_hint, stub, verdict
 
-from minidp import checks, data, model
-from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp import data, linear
+from minidp.course import checks
+from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
 # ---- correct answers, learner style, and stubs
 
@@ -35,13 +36,13 @@ def my_mse_grad(theta, X, y):
 
 
 def my_gd_step(theta, X, y, lr):
-    return theta - lr * model.mse_grad(theta, X, y)
+    return theta - lr * linear.mse_grad(theta, X, y)
 
 
 def my_gradient_descent(theta, X, y, lr, steps):
     path = [theta]
     for _ in range(steps):
-        theta = theta - lr * model.mse_grad(theta, X, y)
+        theta = theta - lr * linear.mse_grad(theta, X, y)
         path.append(theta)
     return torch.stack(path)
 
@@ -49,7 +50,7 @@ def my_gradient_descent(theta, X, y, lr, steps):
 def my_worker_grads(theta, X, y, K):
     per = len(y) // K
     return [
-        model.mse_grad(theta, X[r * per : (r + 1) * per], y[r * per : (r + 1) * per])
+        linear.mse_grad(theta, X[r * per : (r + 1) * per], y[r * per : (r + 1) * per])
         for r in range(K)
     ]
 
@@ -168,13 +169,13 @@ def descent_in_place(theta, X, y, lr, steps):
     """The aliasing bug: every stored row is the same tensor, updated in place."""
     path = [theta]
     for _ in range(steps):
-        theta -= lr * model.mse_grad(theta, X, y)
+        theta -= lr * linear.mse_grad(theta, X, y)
         path.append(theta)
     return torch.stack(path)
 
 
 def interleaved_worker_grads(theta, X, y, K):
-    return [model.mse_grad(theta, X[r::K], y[r::K]) for r in range(K)]
+    return [linear.mse_grad(theta, X[r::K], y[r::K]) for r in range(K)]
 
 
 def worker_grads_over_m(theta, X, y, K):

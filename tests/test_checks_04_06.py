@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from checking import assert_hint, stub, verdict
 
-from minidp import checks
-from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp.course import checks
+from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -22,7 +22,7 @@ def test_each_checker_lives_in_its_notebooks_module():
     # One module per notebook (minidp/checks/nbNN_*.py), so that helpers of different notebooks
     # cannot shadow each other, as they once did when all shared one file.
     for exercise, fn in checks.CHECKERS.items():
-        assert fn.__module__.startswith(f"minidp.checks.nb{exercise[:2]}_"), exercise
+        assert fn.__module__.startswith(f"minidp.course.checks.nb{exercise[:2]}_"), exercise
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from checking import assert_hint, stub, verdict
 
-from minidp import checks
-from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 from minidp.collectives import ring_all_reduce
+from minidp.course import checks
+from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from checking import stub, verdict
 
-from minidp import checks, memory, model_parallel
-from minidp.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp import memory, model_parallel
+from minidp.course import checks
+from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 from minidp.model import GPT, GPTConfig
 
 # ---- correct answers, learner style

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.quiver import Quiver
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-from minidp import data, model, plots, widgets
+from minidp import data, linear
+from minidp.course import plots, widgets
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +32,24 @@ def test_loss_grid_is_mse_loss_at_every_point(valley):
     assert T0.shape == T1.shape == J.shape == (7, 7)
     for i, j in [(0, 0), (3, 5), (6, 2)]:
         theta = torch.stack([T0[i, j], T1[i, j]])
-        torch.testing.assert_close(J[i, j], model.mse_loss(theta, X, y))
+        torch.testing.assert_close(J[i, j], linear.mse_loss(theta, X, y))
 
 
 def test_data_and_lines_draws_the_data_and_one_line_per_theta(valley):
     X, y = valley
-    thetas = [torch.tensor([0.0, 0.0]), model.least_squares(X, y)]
+    thetas = [torch.tensor([0.0, 0.0]), linear.least_squares(X, y)]
     fig = plots.data_and_lines(X, y, thetas)
     (ax,) = fig.axes
     assert isinstance(fig, Figure)
     assert len(ax.lines) == 2
     assert any(isinstance(c, PathCollection) for c in ax.collections)  # the scatter
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert f"J = {model.mse_loss(thetas[1], X, y).item():.2f}" in labels[-1]
+    assert f"J = {linear.mse_loss(thetas[1], X, y).item():.2f}" in labels[-1]
 
 
 def test_loss_surface_has_a_surface_contours_and_the_marks(valley):
     X, y = valley
-    fig = plots.loss_surface(X, y, marks={"minimum": model.least_squares(X, y)})
+    fig = plots.loss_surface(X, y, marks={"minimum": linear.least_squares(X, y)})
     ax3d, ax = fig.axes
     assert any(isinstance(c, Poly3DCollection) for c in ax3d.collections)
     assert any(isinstance(c, ContourSet) for c in ax.collections)
@@ -65,8 +66,8 @@ def test_descent_paths_draws_each_path_even_a_diverging_one(valley):
     X, y = valley
     start = torch.tensor([-2.0, 5.0])
     paths = {
-        "fine": model.gradient_descent(start, X, y, 0.3, 10),
-        "diverges": model.gradient_descent(start, X, y, 1.0, 100),  # reaches inf and nan
+        "fine": linear.gradient_descent(start, X, y, 0.3, 10),
+        "diverges": linear.gradient_descent(start, X, y, 1.0, 100),  # reaches inf and nan
     }
     fig = plots.descent_paths(X, y, paths)
     (ax,) = fig.axes
@@ -86,7 +87,7 @@ def test_loss_curves_are_on_a_log_scale():
 def test_gradient_clouds_has_one_scatter_per_batch_size(valley):
     X, y = valley
     clouds = {"B = 5": torch.randn(20, 2), "B = 50": torch.randn(20, 2) / 3}
-    fig = plots.gradient_clouds(clouds, model.mse_grad(torch.zeros(2), X, y))
+    fig = plots.gradient_clouds(clouds, linear.mse_grad(torch.zeros(2), X, y))
     assert sum(isinstance(c, PathCollection) for c in fig.axes[0].collections) == 2
 
 
@@ -111,7 +112,7 @@ def test_learning_rate_explorer_shows_the_three_regimes(valley):
     assert w.status == "converges"
     w.lr.value = 1.1 * limit
     assert w.status == "diverges"
-    torch.testing.assert_close(w.path, model.gradient_descent(w.path[0], X, y, w.lr.value, 30))
+    torch.testing.assert_close(w.path, linear.gradient_descent(w.path[0], X, y, w.lr.value, 30))
 
 
 def test_learning_rate_explorer_redraws_for_each_control(valley):
@@ -141,7 +142,7 @@ def test_gradient_averaging_mean_is_the_full_gradient_for_every_k():
     for K in w.k.options:
         w.k.value = K
         assert w.grads.shape == (K, 2)
-        torch.testing.assert_close(w.mean, model.mse_grad(theta, X, y))
+        torch.testing.assert_close(w.mean, linear.mse_grad(theta, X, y))
         assert f"{K} workers with {24 // K} examples" in w.label.value
     quivers = [c for c in w.fig.axes[0].collections if isinstance(c, Quiver)]
     assert quivers[0].N == 12

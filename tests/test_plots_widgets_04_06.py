@@ -14,7 +14,8 @@ import torch.distributed as dist
 from matplotlib.patches import Circle, Rectangle
 from matplotlib.text import Annotation
 
-from minidp import collectives, data, launch, plots, widgets
+from minidp import collectives, data, launch
+from minidp.course import plots, widgets
 from minidp.parameter_server import RoundTime, SGDConfig, delayed_sgd
 
 

@@ -17,7 +17,8 @@ import torch.distributed as dist
 from matplotlib.patches import Rectangle
 
 import minidp
-from minidp import data, model, plots, widgets
+from minidp import data, model
+from minidp.course import plots, widgets
 
 
 def bars(ax) -> list[Rectangle]:

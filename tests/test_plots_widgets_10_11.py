@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import pytest
 from matplotlib.patches import Rectangle
 
-from minidp import memory, model_parallel, plots, widgets
+from minidp import memory, model_parallel
+from minidp.course import plots, widgets
 
 
 def bars(ax) -> list[Rectangle]:

@@ -37,8 +37,14 @@ def scaling(tokens_per_s: dict[str, dict[int, float]]) -> Figure:
         for k, measured in sorted(runs.items()):
             ax.bar(x, k * one, width=0.8, fill=False, edgecolor="0.5", linestyle="--")
             ax.bar(x, measured, width=0.8, color=f"C{i}", label=label if k == 1 else None)
-            ax.text(x, max(measured, k * one), f"{measured / (k * one):.2f}", ha="center",
-                    va="bottom", fontsize=8)  # fmt: skip
+            ax.text(
+                x,
+                max(measured, k * one),
+                f"{measured / (k * one):.2f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
             ax.text(x, 0, f"K={k}", ha="center", va="bottom", fontsize=8, color="w")
             x += 1
         x += 0.5
@@ -63,8 +69,13 @@ def replica_memory(parts: dict[str, dict[str, float]], gpu_bytes: float, gpu: st
     for y, name in enumerate(names):
         total, left = sum(parts[name].values()), 0.0
         for part, value in parts[name].items():
-            share_ax.barh(y, value / total, left=left, color=PART_COLOURS[part],
-                          label=part if y == 0 else None)  # fmt: skip
+            share_ax.barh(
+                y,
+                value / total,
+                left=left,
+                color=PART_COLOURS[part],
+                label=part if y == 0 else None,
+            )
             left += value / total
         total_ax.barh(y, total / memory.GB, color="0.4")
         total_ax.text(
@@ -83,13 +94,22 @@ def zero_stages(params: float, dp: int, precision: str = "bf16 mixed") -> Figure
     """Model states per GPU at ZeRO stages 0-3 over dp ranks, as in the ZeRO paper's figure 1."""
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    names = ["0: replicate all", "1: shard\noptimizer state", "2: ... and\ngradients",
-             "3: ... and\nweights"]  # fmt: skip
+    names = [
+        "0: replicate all",
+        "1: shard\noptimizer state",
+        "2: ... and\ngradients",
+        "3: ... and\nweights",
+    ]
     for stage in range(4):
         bottom = 0.0
         for part, value in memory.state_bytes(params, precision, stage, dp).items():
-            ax.bar(stage, value / memory.GB, bottom=bottom, color=PART_COLOURS[part],
-                   label=part if stage == 0 else None)  # fmt: skip
+            ax.bar(
+                stage,
+                value / memory.GB,
+                bottom=bottom,
+                color=PART_COLOURS[part],
+                label=part if stage == 0 else None,
+            )
             bottom += value / memory.GB
         ax.text(stage, bottom, f"{bottom:.1f} GB", ha="center", va="bottom", fontsize=8)
     ax.set(xticks=range(4), xticklabels=names, ylabel="GB per GPU")
@@ -122,8 +142,9 @@ def tensor_parallel_mlp(t: int = 2) -> Figure:
         for x0, x1 in ((1.0, 1.5), (2.1, 2.6), (3.4, 3.9), (4.9, 5.4), (6.4, 6.9), (7.4, 7.9)):
             ax.annotate("", (x1, y + 0.5), (x0, y + 0.5), arrowprops=dict(arrowstyle="->"))
     _block(ax, 6.9, 0, 0.5, height, "w")
-    ax.text(7.15, height / 2, "all-reduce: Z = Σ Z_r", rotation=90, ha="center", va="center",
-            fontsize=9)  # fmt: skip
+    ax.text(
+        7.15, height / 2, "all-reduce: Z = Σ Z_r", rotation=90, ha="center", va="center", fontsize=9
+    )
     ax.text(1.8, height + 0.15, "A: h × 4h,\ncolumns split", ha="center", fontsize=9)
     ax.text(4.4, height + 0.15, "B: 4h × h,\nrows split", ha="center", fontsize=9)
     ax.set(xlim=(-1.2, 9.1), ylim=(-0.2, height + 0.8), aspect="equal")
@@ -143,11 +164,17 @@ def pipeline_schedule(stages: int, micro_batches: int) -> Figure:
         ax.broken_barh([(slot, 1)], (stage - 0.4, 0.8), facecolor=colour, edgecolor="w")
         ax.text(slot + 0.5, stage, f"{kind}{j}", ha="center", va="center", fontsize=7, color="w")
     bubble = model_parallel.bubble_fraction(stages, micro_batches)
-    ax.set(xlim=(0, slots), ylim=(stages - 0.5, -0.5), xlabel="time (one slot: one micro-batch "
-           "through one stage)", yticks=range(stages), yticklabels=[f"GPU {s}" for s in
-           range(stages)])  # fmt: skip
-    ax.set_title(f"GPipe, {stages} stages, {micro_batches} micro-batches: grey is idle, "
-                 f"{bubble:.0%} of the time")  # fmt: skip
+    ax.set(
+        xlim=(0, slots),
+        ylim=(stages - 0.5, -0.5),
+        xlabel="time (one slot: one micro-batch through one stage)",
+        yticks=range(stages),
+        yticklabels=[f"GPU {s}" for s in range(stages)],
+    )
+    ax.set_title(
+        f"GPipe, {stages} stages, {micro_batches} micro-batches: grey is idle, "
+        f"{bubble:.0%} of the time"
+    )
     return fig
 
 
@@ -162,8 +189,15 @@ def parallel_layout(dp: int, tp: int, pp: int) -> Figure:
         _block(ax, x + 0.05, y + 0.05, 0.9, 0.9, f"C{d}", f"GPU {rank}\nshard {t}")
     for d in range(dp):
         for p in range(pp):
-            ax.add_patch(plt.Rectangle((d * (tp + 0.5) - 0.05, p * 1.2 - 0.05), tp + 0.1, 1.1,
-                                       fill=False, linestyle="--"))  # fmt: skip
+            ax.add_patch(
+                plt.Rectangle(
+                    (d * (tp + 0.5) - 0.05, p * 1.2 - 0.05),
+                    tp + 0.1,
+                    1.1,
+                    fill=False,
+                    linestyle="--",
+                )
+            )
         ax.text(d * (tp + 0.5) + tp / 2, -0.35, f"replica {d}", ha="center", fontsize=9)
     for p in range(pp):
         ax.text(-0.2, p * 1.2 + 0.5, f"stage {p}", ha="right", va="center", fontsize=9)

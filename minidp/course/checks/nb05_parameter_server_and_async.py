@@ -5,8 +5,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from minidp import data, model
-from minidp.checks.core import INCORRECT, CheckResult, checker, compare
+from minidp import data, linear
+from minidp.course.checks.core import INCORRECT, CheckResult, checker, compare
 from minidp.parameter_server import batch_indices
 
 
@@ -32,7 +32,7 @@ def _linear_grad(seed: int) -> Callable:
 
     def grad(theta: Tensor, t: int) -> Tensor:
         rows = batch_indices(len(y), t, seed, 4)
-        return model.mse_grad(theta, X[rows], y[rows])
+        return linear.mse_grad(theta, X[rows], y[rows])
 
     return grad
 

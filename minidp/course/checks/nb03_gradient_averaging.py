@@ -5,15 +5,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from minidp import data, model
-from minidp.checks.core import CheckResult, checker, compare
-from minidp.checks.nb01_loss import linear_cases
+from minidp import data, linear
+from minidp.course.checks.core import CheckResult, checker, compare
+from minidp.course.checks.nb01_loss import linear_cases
 
 
 def _worker_grads(theta: Tensor, X: Tensor, y: Tensor, K: int) -> list[Tensor]:
     """Each of K workers' gradient on its shard, rows [r m/K, (r+1) m/K) of (X, y)."""
     shard = lambda t, r: data.rank_slice(t, r, K)
-    return [model.mse_grad(theta, shard(X, r), shard(y, r)) for r in range(K)]
+    return [linear.mse_grad(theta, shard(X, r), shard(y, r)) for r in range(K)]
 
 
 def _sharded_cases() -> list[tuple]:
@@ -26,7 +26,7 @@ def _sharded_cases() -> list[tuple]:
 def _check_worker_grads(fn: Callable) -> CheckResult:
     mistakes = [
         (
-            lambda t, X, y, K: [model.mse_grad(t, X[r::K], y[r::K]) for r in range(K)],
+            lambda t, X, y, K: [linear.mse_grad(t, X[r::K], y[r::K]) for r in range(K)],
             "rank r takes the contiguous rows [r m/K, (r+1) m/K), as minidp.data.rank_slice does",
         ),
         (
@@ -38,7 +38,7 @@ def _check_worker_grads(fn: Callable) -> CheckResult:
             "each worker's loss is a mean, not a sum: divide by its m/K examples",
         ),
         (
-            lambda t, X, y, K: [model.mse_grad(t, X, y)] * K,
+            lambda t, X, y, K: [linear.mse_grad(t, X, y)] * K,
             "each worker sees only its shard of the data, not all of it",
         ),
     ]
@@ -66,7 +66,7 @@ def _check_weighted_average(fn: Callable) -> CheckResult:
             "the weights m_k / m already sum to 1: do not also divide by K",
         ),
     ]
-    return compare("03.weighted_average", fn, model.average_gradients, cases, mistakes)
+    return compare("03.weighted_average", fn, linear.average_gradients, cases, mistakes)
 
 
 @checker("03.dp_step")

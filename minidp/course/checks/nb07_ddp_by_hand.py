@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from minidp.checks.core import (
+from minidp.course.checks.core import (
     CORRECT,
     INCORRECT,
     SKIPPED,

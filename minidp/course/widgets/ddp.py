@@ -4,8 +4,9 @@ import ipywidgets as W
 import torch
 from torch import Tensor
 
-from minidp import model, plots
-from minidp.widgets.core import draw
+from minidp import linear
+from minidp.course import plots
+from minidp.course.widgets.core import draw
 
 # ---- 08 overlap and buckets
 
@@ -13,8 +14,8 @@ from minidp.widgets.core import draw
 class TimelineExplorer:
     """One measured training step per DDP variant, drawn as a timeline; a slider picks which.
 
-    traces: {label: the ranks' traces of one step} (see minidp.plots.ddp_timeline). State after
-    each update: `label`, `seconds` (that step's duration) and `fig`.
+    traces: {label: the ranks' traces of one step} (see minidp.course.plots.ddp_timeline). State
+    after each update: `label`, `seconds` (that step's duration) and `fig`.
     """
 
     def __init__(self, traces: dict[str, list[list[tuple]]], label: str | None = None):
@@ -72,7 +73,7 @@ class LargeBatchExplorer:
     ):
         self.X, self.y, self.batch, self.lr, self.examples = X, y, batch, lr, examples
         self.start = torch.tensor([-2.0, 5.0])
-        self.best = model.mse_loss(model.least_squares(X, y), X, y).item()
+        self.best = linear.mse_loss(linear.least_squares(X, y), X, y).item()
         # For this quadratic J, SGD's rate must stay below 2 / the largest curvature (notebook 02).
         self.limit = 2 / torch.linalg.eigvalsh(X.T @ X / len(y)).max().item()
         self.base = self._excess(batch, lr)
@@ -88,11 +89,13 @@ class LargeBatchExplorer:
 
     def _excess(self, batch: int, lr: float) -> Tensor:
         """J - J* after each step of SGD with this batch and rate, over `examples` examples."""
-        path = model.gradient_descent(
+        path = linear.gradient_descent(
             self.start, self.X, self.y, lr, self.examples // batch, batch_size=batch, seed=batch
         )
         # vmap: J at every theta of the path in one call, with the one definition of J
-        return torch.vmap(model.mse_loss, in_dims=(0, None, None))(path, self.X, self.y) - self.best
+        return (
+            torch.vmap(linear.mse_loss, in_dims=(0, None, None))(path, self.X, self.y) - self.best
+        )
 
     def update(self) -> None:
         k, B = self.k.value, self.batch

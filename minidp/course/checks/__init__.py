@@ -1,21 +1,21 @@
 """Exercise checkers: run a learner's `my_*` function against minidp's reference and say whether
 it is correct, incorrect (with a hint naming the likely mistake), or not attempted yet.
 
-In a notebook:
+In a notebook, after `from minidp.course import checks`:
 
     def my_mse(theta, X, y):
         raise NotImplementedError   # the learner replaces this
-    minidp.checks.check("01.mse", my_mse)          # -> "not attempted"
+    checks.check("01.mse", my_mse)          # -> "not attempted"
 
-Every call is also recorded in `RESULTS`, which `python -m minidp.assignments grade` reads from
-the notebook's kernel to write the grade report. A checker is a function `fn -> CheckResult`,
-registered under an exercise id "NN.name" (NN: the notebook). The framework is in `core`; each
-notebook's checkers are in the module of the same name (`nb01_loss` for 01_loss.ipynb), most
-built with `core.compare`, which tries the learner's function on several inputs and recognises
-typical wrong answers by computing them too.
+Every call is also recorded in `RESULTS`, which `python -m minidp.course.assignments grade`
+reads from the notebook's kernel to write the grade report. A checker is a function `fn ->
+CheckResult`, registered under an exercise id "NN.name" (NN: the notebook). The framework is in
+`core`; each notebook's checkers are in the module of the same name (`nb01_loss` for
+01_loss.ipynb), most built with `core.compare`, which tries the learner's function on several
+inputs and recognises typical wrong answers by computing them too.
 """
 
-from minidp.checks import (  # noqa: F401  (importing a notebook's module registers its checkers)
+from minidp.course.checks import (  # noqa: F401  (importing a notebook's module registers its checkers)
     nb00_welcome,
     nb01_loss,
     nb02_gradient_descent,
@@ -29,7 +29,7 @@ from minidp.checks import (  # noqa: F401  (importing a notebook's module regist
     nb10_training_a_gpt,
     nb11_beyond_data_parallel,
 )
-from minidp.checks.core import (
+from minidp.course.checks.core import (
     CHECKERS,
     CORRECT,
     INCORRECT,
@@ -42,7 +42,7 @@ from minidp.checks.core import (
     report,
     same,
 )
-from minidp.checks.nb00_welcome import Environment, Requirement, check_environment
+from minidp.course.checks.nb00_welcome import Environment, Requirement, check_environment
 
 __all__ = [
     "CHECKERS",

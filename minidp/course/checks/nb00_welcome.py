@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 import torch.distributed as dist
 
-from minidp.checks.core import (
+from minidp.course.checks.core import (
     CheckResult,
     checker,
     compare,

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch.distributed as dist
 from torch import Tensor
 
-from minidp.checks.core import (
+from minidp.course.checks.core import (
     CORRECT,
     INCORRECT,
     NOT_ATTEMPTED,

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from minidp import data, model
-from minidp.checks.core import (
+from minidp.course.checks.core import (
     CORRECT,
     INCORRECT,
     NOT_ATTEMPTED,

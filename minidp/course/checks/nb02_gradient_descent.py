@@ -2,9 +2,9 @@
 
 from collections.abc import Callable
 
-from minidp import model
-from minidp.checks.core import CheckResult, checker, compare
-from minidp.checks.nb01_loss import linear_cases
+from minidp import linear
+from minidp.course.checks.core import CheckResult, checker, compare
+from minidp.course.checks.nb01_loss import linear_cases
 
 
 @checker("02.mse_grad")
@@ -16,13 +16,13 @@ def _check_mse_grad(fn: Callable) -> CheckResult:
         (lambda t, X, y: -g(t, X, y) / len(y), "sign error: the residual is h(x) - y"),
         (lambda t, X, y: g(t, X, y) / (2 * len(y)), "the 2 from the square cancels J's 1/2"),
     ]
-    return compare("02.mse_grad", fn, model.mse_grad, linear_cases(), mistakes)
+    return compare("02.mse_grad", fn, linear.mse_grad, linear_cases(), mistakes)
 
 
 @checker("02.gd_step")
 def _check_gd_step(fn: Callable) -> CheckResult:
-    step = lambda t, X, y, lr: t - lr * model.mse_grad(t, X, y)
-    grad = lambda t, X, y, lr: model.mse_grad(t, X, y)
+    step = lambda t, X, y, lr: t - lr * linear.mse_grad(t, X, y)
+    grad = lambda t, X, y, lr: linear.mse_grad(t, X, y)
     mistakes = [
         (lambda t, X, y, lr: t + lr * grad(t, X, y, lr), "step against the gradient: θ - α ∇J"),
         (lambda t, X, y, lr: t - grad(t, X, y, lr), "multiply the gradient by the learning rate"),
@@ -35,7 +35,7 @@ def _check_gd_step(fn: Callable) -> CheckResult:
 
 @checker("02.gradient_descent")
 def _check_gradient_descent(fn: Callable) -> CheckResult:
-    path = model.gradient_descent
+    path = linear.gradient_descent
     mistakes = [
         (lambda t, X, y, lr, s: path(t, X, y, lr, s)[1:], "include the start: steps + 1 rows"),
         (lambda t, X, y, lr, s: path(t, X, y, lr, s + 1), "that is one step too many"),

@@ -5,8 +5,9 @@ import dataclasses
 import ipywidgets as W
 from torch import Tensor
 
-from minidp import parameter_server, plots
-from minidp.widgets.core import draw
+from minidp import parameter_server
+from minidp.course import plots
+from minidp.course.widgets.core import draw
 
 # ---- 05 parameter server and async
 

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from minidp import data
-from minidp.checks.core import (
+from minidp.course.checks.core import (
     CORRECT,
     INCORRECT,
     SKIPPED,
@@ -19,7 +19,7 @@ from minidp.checks.core import (
     on_workers,
     same,
 )
-from minidp.checks.nb08_overlap_and_buckets import tiny_gpt
+from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
 from minidp.ddp import DistributedDataParallel
 
 # Each rank's 6 sequences come as micro-batches of 3, 2 and 1 (an epoch's last batch is often

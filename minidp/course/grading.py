@@ -1,13 +1,14 @@
 """Grading: run each submitted notebook in a fresh kernel and report what its checks said.
 
-A submission runs in a temporary folder, under a time limit, and `minidp.checks.RESULTS` is read
-after every cell: a notebook that hangs, kills its kernel or leaves workers running is graded on
-what it had checked. Notebook NN expects the exercises "NN.*" of `minidp.checks.CHECKERS`; one
-never checked is "not attempted". A submission is notebook NN by its "NN_" file-name prefix, or
-else by the exercises it checks; the student is the file's stem (`bob.ipynb`), or the folder's
-name when the file keeps the course's name (`alice/01_loss.ipynb`).
+A submission runs in a temporary folder, under a time limit, and `minidp.course.checks.RESULTS`
+is read after every cell: a notebook that hangs, kills its kernel or leaves workers running is
+graded on what it had checked. Notebook NN expects the exercises "NN.*" of
+`minidp.course.checks.CHECKERS`; one never checked is "not attempted". A submission is notebook
+NN by its "NN_" file-name prefix, or else by the exercises it checks; the student is the file's
+stem (`bob.ipynb`), or the folder's name when the file keeps the course's name
+(`alice/01_loss.ipynb`).
 
-The command line is `python -m minidp.assignments grade` (see minidp/assignments.py).
+The command line is `python -m minidp.course.assignments grade` (see minidp/course/assignments.py).
 """
 
 import contextlib
@@ -25,7 +26,7 @@ import psutil
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-from minidp.checks import CHECKERS, CORRECT, NOT_ATTEMPTED
+from minidp.course.checks import CHECKERS, CORRECT, NOT_ATTEMPTED
 
 
 def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, list[str]]:
@@ -76,8 +77,9 @@ def grade(path: Path, limit_s: float = 300.0) -> dict:
 # output travels apart from its reply, and a busy machine can deliver it after the reply.
 PROBE = """try:
     __import__("pathlib").Path({path!r}).write_text(__import__("json").dumps(
-        {{r.exercise: [r.status, r.hint] for r in __import__("minidp.checks").checks.RESULTS}}))
-except Exception:  # a notebook that broke minidp.checks: what earlier probes read stands
+        {{r.exercise: [r.status, r.hint]
+          for r in __import__("minidp.course.checks").course.checks.RESULTS}}))
+except Exception:  # a notebook that broke minidp.course.checks: what earlier probes read stands
     pass"""
 
 

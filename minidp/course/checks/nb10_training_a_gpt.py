@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from minidp.checks.core import CheckResult, checker, compare
+from minidp.course.checks.core import CheckResult, checker, compare
 
 
 @checker("10.scaling_efficiency")

@@ -4,8 +4,8 @@ from collections.abc import Callable
 
 import torch
 
-from minidp import data, model
-from minidp.checks.core import CheckResult, checker, compare
+from minidp import data, linear, model
+from minidp.course.checks.core import CheckResult, checker, compare
 
 
 def linear_cases() -> list[tuple]:
@@ -31,7 +31,7 @@ def _check_mse(fn: Callable) -> CheckResult:
         ),
         (lambda t, X, y: r(t, X, y).mean() / 2, "square each residual before averaging"),
     ]
-    return compare("01.mse", fn, model.mse_loss, linear_cases(), mistakes)
+    return compare("01.mse", fn, linear.mse_loss, linear_cases(), mistakes)
 
 
 def _token_cases() -> list[tuple]:

@@ -4,8 +4,9 @@ import ipywidgets as W
 import torch
 from torch import Tensor
 
-from minidp import data, model, plots
-from minidp.widgets.core import draw
+from minidp import data, linear
+from minidp.course import plots
+from minidp.course.widgets.core import draw
 
 # ---- 02 gradient descent
 
@@ -19,7 +20,7 @@ class LearningRateExplorer:
 
     def __init__(self, X: Tensor, y: Tensor, lr: float = 0.1, start=(-2.0, 5.0), steps: int = 30):
         self.X, self.y = X, y
-        self.best = model.mse_loss(model.least_squares(X, y), X, y).item()  # J at the minimum
+        self.best = linear.mse_loss(linear.least_squares(X, y), X, y).item()  # J at the minimum
         style = {"description_width": "initial"}
         self.lr = W.FloatLogSlider(
             value=lr,
@@ -53,8 +54,8 @@ class LearningRateExplorer:
 
     def update(self) -> None:
         start = torch.tensor([self.start0.value, self.start1.value])
-        self.path = model.gradient_descent(start, self.X, self.y, self.lr.value, self.steps.value)
-        self.losses = torch.stack([model.mse_loss(theta, self.X, self.y) for theta in self.path])
+        self.path = linear.gradient_descent(start, self.X, self.y, self.lr.value, self.steps.value)
+        self.losses = torch.stack([linear.mse_loss(theta, self.X, self.y) for theta in self.path])
         first, last = self.losses[0].item(), self.losses[-1].item()
         if not last < first:  # also catches inf and nan
             self.status = "diverges"
@@ -85,7 +86,7 @@ class GradientAveraging:
 
     def __init__(self, X: Tensor, y: Tensor, theta: Tensor, k: int = 4, max_k: int = 12):
         self.X, self.y, self.theta = X, y, theta
-        self.full = model.mse_grad(theta, X, y)  # what the workers must agree on, whatever K
+        self.full = linear.mse_grad(theta, X, y)  # what the workers must agree on, whatever K
         divisors = [d for d in range(1, max_k + 1) if len(y) % d == 0]  # equal shards only
         self.k = W.SelectionSlider(options=divisors, value=k, description="workers K")
         self.label = W.HTML()
@@ -97,8 +98,8 @@ class GradientAveraging:
     def update(self) -> None:
         K = self.k.value
         shards = [(data.rank_slice(self.X, r, K), data.rank_slice(self.y, r, K)) for r in range(K)]
-        self.grads = torch.stack([model.mse_grad(self.theta, Xr, yr) for Xr, yr in shards])
-        self.mean = model.average_gradients(list(self.grads))
+        self.grads = torch.stack([linear.mse_grad(self.theta, Xr, yr) for Xr, yr in shards])
+        self.mean = linear.average_gradients(list(self.grads))
         gap = (self.mean - self.full).abs().max().item()
         self.label.value = (
             f"{K} workers with {len(self.y) // K} examples each; "

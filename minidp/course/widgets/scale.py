@@ -2,8 +2,9 @@
 
 import ipywidgets as W
 
-from minidp import memory, plots
-from minidp.widgets.core import draw
+from minidp import memory
+from minidp.course import plots
+from minidp.course.widgets.core import draw
 
 # ---- 11 beyond data parallelism
 
@@ -36,12 +37,21 @@ class MemoryCalculator:
         self.pipeline_parallel = W.Dropdown(
             options=[1, 2, 4, 8, 16], description="pipeline parallel", **split
         )
-        self.micro_batch = W.SelectionSlider(options=[1, 2, 4, 8, 16, 32], value=1,
-                                             description="micro-batch", style=style)  # fmt: skip
+        self.micro_batch = W.SelectionSlider(
+            options=[1, 2, 4, 8, 16, 32], value=1, description="micro-batch", style=style
+        )
         self.recompute = W.ToggleButtons(options=list(memory.RECOMPUTE), description="recompute")
-        self.controls = [self.model, self.gpu, self.gpus, self.zero_stage, self.precision,
-                         self.tensor_parallel, self.pipeline_parallel, self.micro_batch,
-                         self.recompute]  # fmt: skip
+        self.controls = [
+            self.model,
+            self.gpu,
+            self.gpus,
+            self.zero_stage,
+            self.precision,
+            self.tensor_parallel,
+            self.pipeline_parallel,
+            self.micro_batch,
+            self.recompute,
+        ]
         self.label = W.HTML()
         self.image = W.Image(format="png")
         for control in self.controls:

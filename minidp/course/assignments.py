@@ -1,7 +1,7 @@
 """Classroom assignments: student versions of the notebooks, and a grade report of submissions.
 
-    python -m minidp.assignments student notebooks/ student/    # the course without solutions
-    python -m minidp.assignments grade submissions/ --out grades   # grades.csv, grades.json
+    python -m minidp.course.assignments student notebooks/ student/   # without solutions
+    python -m minidp.course.assignments grade submissions/ --out grades   # grades.csv, grades.json
 
 A student version replaces the code between `# BEGIN SOLUTION` and `# END SOLUTION` by
 `raise NotImplementedError` at the same indentation (the signature and docstring above stay),
@@ -25,7 +25,7 @@ from typing import NoReturn
 
 import nbformat
 
-from minidp.grading import grade, write_report
+from minidp.course.grading import grade, write_report
 
 # ---- student versions
 
@@ -103,7 +103,7 @@ def write_student_versions(source: Path, out: Path) -> list[Path]:
 
 
 def _fail(message: str) -> NoReturn:
-    sys.exit(f"minidp.assignments: error: {message}")
+    sys.exit(f"minidp.course.assignments: error: {message}")
 
 
 def _submissions(paths: list[Path]) -> list[Path]:
@@ -124,7 +124,7 @@ def _submissions(paths: list[Path]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m minidp.assignments",
+        prog="python -m minidp.course.assignments",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

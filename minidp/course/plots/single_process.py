@@ -6,7 +6,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from minidp import model
+from minidp import linear
 
 # ---- 01 loss
 
@@ -20,7 +20,7 @@ def loss_grid(X: Tensor, y: Tensor, limits=LIMITS, n: int = 60) -> tuple[Tensor,
     )
     thetas = torch.stack([T0.flatten(), T1.flatten()], dim=1)  # (n*n, 2)
     # vmap evaluates mse_loss once per theta without a Python loop: one definition of J.
-    J = torch.vmap(model.mse_loss, in_dims=(0, None, None))(thetas, X, y)
+    J = torch.vmap(linear.mse_loss, in_dims=(0, None, None))(thetas, X, y)
     return T0, T1, J.view(n, n)
 
 
@@ -32,7 +32,7 @@ def data_and_lines(X: Tensor, y: Tensor, thetas: list[Tensor]) -> Figure:
     xs = torch.linspace(float(X[:, 1].min()), float(X[:, 1].max()), 2)
     for theta in thetas:
         t0, t1 = theta.tolist()
-        J = model.mse_loss(theta, X, y).item()
+        J = linear.mse_loss(theta, X, y).item()
         ax.plot(xs, t0 + t1 * xs, label=f"θ = ({t0:.1f}, {t1:.1f}):  J = {J:.2f}")
     ax.set(xlabel="$x_1$", ylabel="$y$", title="Candidate lines and their loss")
     ax.legend(fontsize=8)
@@ -90,7 +90,7 @@ def descent_paths(X: Tensor, y: Tensor, paths: dict[str, Tensor], limits=LIMITS)
         path = path.nan_to_num(nan=1e6, posinf=1e6, neginf=-1e6).clamp(-1e6, 1e6)
         (line,) = ax.plot(path[:, 0], path[:, 1], marker=".", markersize=4, label=label)
         ax.plot(*path[0].tolist(), marker="o", color=line.get_color())
-    ax.plot(*model.least_squares(X, y).tolist(), marker="*", markersize=12, color="k")
+    ax.plot(*linear.least_squares(X, y).tolist(), marker="*", markersize=12, color="k")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Gradient descent on the contours of J (★: the minimum)")
     return fig

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minidp import model_parallel
-from minidp.checks.core import CheckResult, checker, compare
+from minidp.course.checks.core import CheckResult, checker, compare
 
 
 def _model_states(params, zero_stage, dp, sizes=(2, 2, 12), shift=0, shard_all=False) -> float:
@@ -72,8 +72,12 @@ def _tp_partial(x, fc_weight, fc_bias, proj_weight, proj_bias, rank, t) -> Tenso
 def _tp_cases() -> list[tuple]:
     g = torch.Generator().manual_seed(11)
     h = 8
-    weights = [torch.randn(4 * h, h, generator=g), torch.randn(4 * h, generator=g),
-               torch.randn(h, 4 * h, generator=g), torch.randn(h, generator=g)]  # fmt: skip
+    weights = [
+        torch.randn(4 * h, h, generator=g),
+        torch.randn(4 * h, generator=g),
+        torch.randn(h, 4 * h, generator=g),
+        torch.randn(h, generator=g),
+    ]
     x = torch.randn(2, 3, h, generator=g)
     return [(x, *weights, rank, t) for rank, t in ((0, 2), (1, 2), (3, 4), (1, 4))]
 

@@ -4,10 +4,10 @@ Each function draws a figure and returns it, so that a notebook shows it and a t
 what was drawn without a screen. Figures are matplotlib.figure.Figure objects, not pyplot's:
 pyplot would keep every figure a widget redraws alive, and show each a second time at the end of
 the cell. One module per part of the course; every figure is also available here, as
-`minidp.plots.<name>`.
+`minidp.course.plots.<name>`.
 """
 
-from minidp.plots.ddp import (
+from minidp.course.plots.ddp import (
     PHASES,
     bucket_sweep,
     ddp_timeline,
@@ -16,7 +16,7 @@ from minidp.plots.ddp import (
     replica_gaps,
     step_seconds,
 )
-from minidp.plots.processes import (
+from minidp.course.plots.processes import (
     alpha_beta,
     collective,
     contributors,
@@ -29,7 +29,7 @@ from minidp.plots.processes import (
     round_times,
     staleness_effect,
 )
-from minidp.plots.scale import (
+from minidp.course.plots.scale import (
     PART_COLOURS,
     memory_bar,
     parallel_layout,
@@ -40,7 +40,7 @@ from minidp.plots.scale import (
     training_curves,
     zero_stages,
 )
-from minidp.plots.single_process import (
+from minidp.course.plots.single_process import (
     LIMITS,
     data_and_lines,
     descent_paths,

@@ -9,73 +9,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checking import assert_hint, stub, verdict
+from solutions import notebook_solutions
 
 from minidp import data, linear
 from minidp.course import checks
 from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
-# ---- correct answers, learner style, and stubs
+# ---- the notebooks' own solutions (taken from the notebooks, not copied here)
 
-
-def my_mean(x):
-    return x.sum() / len(x)
-
-
-def my_mse(theta, X, y):
-    m = len(y)
-    return ((X @ theta - y) ** 2).sum() / (2 * m)
-
-
-def my_cross_entropy(logits, targets):
-    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-    return -log_probs[torch.arange(len(targets)), targets].mean()
-
-
-def my_mse_grad(theta, X, y):
-    return X.T @ (X @ theta - y) / len(y)
-
-
-def my_gd_step(theta, X, y, lr):
-    return theta - lr * linear.mse_grad(theta, X, y)
-
-
-def my_gradient_descent(theta, X, y, lr, steps):
-    path = [theta]
-    for _ in range(steps):
-        theta = theta - lr * linear.mse_grad(theta, X, y)
-        path.append(theta)
-    return torch.stack(path)
-
-
-def my_worker_grads(theta, X, y, K):
-    per = len(y) // K
-    return [
-        linear.mse_grad(theta, X[r * per : (r + 1) * per], y[r * per : (r + 1) * per])
-        for r in range(K)
-    ]
-
-
-def my_weighted_average(grads, sizes):
-    m = sum(sizes)
-    return sum(mk / m * g for mk, g in zip(sizes, grads, strict=True))
-
-
-def my_dp_step(theta, X, y, K, lr):
-    grads = my_worker_grads(theta, X, y, K)
-    return theta - lr * sum(grads) / K
-
-
-SOLUTIONS = {
-    "00.mean": my_mean,
-    "01.mse": my_mse,
-    "01.cross_entropy": my_cross_entropy,
-    "02.mse_grad": my_mse_grad,
-    "02.gd_step": my_gd_step,
-    "02.gradient_descent": my_gradient_descent,
-    "03.worker_grads": my_worker_grads,
-    "03.weighted_average": my_weighted_average,
-    "03.dp_step": my_dp_step,
-}
+SOLUTIONS = {ex: fn for nb in ("00", "01", "02", "03") for ex, fn in notebook_solutions(nb).items()}
+# Some typical mistakes below are a right answer, changed: built from the notebooks' solutions.
+my_cross_entropy = SOLUTIONS["01.cross_entropy"]
+my_mse_grad = SOLUTIONS["02.mse_grad"]
+my_gd_step = SOLUTIONS["02.gd_step"]
+my_gradient_descent = SOLUTIONS["02.gradient_descent"]
+my_worker_grads = SOLUTIONS["03.worker_grads"]
+my_weighted_average = SOLUTIONS["03.weighted_average"]
+my_dp_step = SOLUTIONS["03.dp_step"]
 
 
 @pytest.mark.parametrize("exercise", sorted(SOLUTIONS))
@@ -105,7 +55,7 @@ def test_a_crashing_answer_is_incorrect_with_the_error():
 
 def test_an_unknown_exercise_is_an_error():
     with pytest.raises(KeyError, match="01.mse"):
-        checks.check("01.nonsense", my_mse)
+        checks.check("01.nonsense", SOLUTIONS["01.mse"])
 
 
 # ---- typical wrong answers, each with its own hint

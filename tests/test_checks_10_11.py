@@ -11,62 +11,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checking import stub, verdict
+from solutions import notebook_solutions
 
 from minidp import memory, model_parallel
 from minidp.course import checks
 from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 from minidp.model import GPT, GPTConfig
 
-# ---- correct answers, learner style
+# ---- the notebooks' own solutions (taken from the notebooks, not copied here)
 
-
-def my_scaling_efficiency(tokens_per_s_1, tokens_per_s_k, k):
-    ideal = k * tokens_per_s_1
-    return tokens_per_s_k / ideal
-
-
-def my_mfu(n_params, n_layer, n_embd, block_size, tokens_per_s, peak_flops, n_gpus):
-    flops_per_token = 6 * n_params + 12 * n_layer * block_size * n_embd
-    return flops_per_token * tokens_per_s / (n_gpus * peak_flops)
-
-
-def my_micro_batch(batch_size, nnodes, nproc_per_node, grad_accum):
-    world_size = nnodes * nproc_per_node
-    return batch_size // world_size // grad_accum
-
-
-def my_model_state_bytes(params, zero_stage, dp):
-    weights, grads, optimizer = 2 * params, 2 * params, 12 * params
-    if zero_stage >= 1:
-        optimizer /= dp
-    if zero_stage >= 2:
-        grads /= dp
-    if zero_stage >= 3:
-        weights /= dp
-    return weights + grads + optimizer
-
-
-def my_bubble_fraction(stages, micro_batches):
-    busy = micro_batches  # slots of work per stage, in each direction
-    total = micro_batches + stages - 1
-    return (total - busy) / total
-
-
-def my_tp_mlp_partial(x, fc_weight, fc_bias, proj_weight, proj_bias, rank, t):
-    n = fc_weight.shape[0] // t
-    rows = slice(rank * n, (rank + 1) * n)
-    hidden = F.gelu(x @ fc_weight[rows].T + fc_bias[rows])
-    return hidden @ proj_weight[:, rows].T
-
-
-SOLUTIONS = {
-    "10.scaling_efficiency": my_scaling_efficiency,
-    "10.mfu": my_mfu,
-    "10.micro_batch": my_micro_batch,
-    "11.model_state_bytes": my_model_state_bytes,
-    "11.bubble_fraction": my_bubble_fraction,
-    "11.tp_mlp_partial": my_tp_mlp_partial,
-}
+SOLUTIONS = {**notebook_solutions("10"), **notebook_solutions("11")}
+my_mfu = SOLUTIONS["10.mfu"]
+my_model_state_bytes = SOLUTIONS["11.model_state_bytes"]
+my_bubble_fraction = SOLUTIONS["11.bubble_fraction"]
+my_tp_mlp_partial = SOLUTIONS["11.tp_mlp_partial"]
 
 
 @pytest.mark.parametrize("exercise", sorted(SOLUTIONS))

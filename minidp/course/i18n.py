@@ -43,7 +43,8 @@ CJK_FONTS = (
 )
 CJK_FONT_FILES = re.compile(r"wqy|NotoSans(Mono)?CJK|NotoSansSC|SourceHanSans|msyh|simhei", re.I)
 
-_current = {"language": DEFAULT}  # the one mutable setting, read by every _() call
+# The one mutable setting, read by every _() call (and matplotlib's fonts before Chinese).
+_current: dict = {"language": DEFAULT}
 
 
 def set_language(language: str) -> None:
@@ -53,6 +54,10 @@ def set_language(language: str) -> None:
     _current["language"] = language
     if language == "zh":
         _use_cjk_font()
+    elif "font.family" in _current:  # back to the fonts matplotlib had before
+        import matplotlib
+
+        matplotlib.rcParams["font.family"] = _current.pop("font.family")
 
 
 def get_language() -> str:
@@ -111,6 +116,7 @@ def _use_cjk_font() -> str | None:
         )
         return None
     family = matplotlib.rcParams["font.family"]
+    _current.setdefault("font.family", family)
     family = [family] if isinstance(family, str) else list(family)
     matplotlib.rcParams["font.family"] = [f for f in family if f not in CJK_FONTS] + found[:1]
     return found[0]

@@ -52,7 +52,7 @@ def catalog_problems(
 ) -> list[str]:
     """What is missing, stale or wrong in the catalog `po` of the English notebook `name`."""
     entries = {e.msgctxt: e for e in po if not e.obsolete}
-    problems, finished, ids = [], [], set()
+    problems, translated, ids = [], [], set()
     for index, cell in enumerate(cells):
         cell_id = cell.get("id")
         where = f"{name} cell {cell_id}"
@@ -68,14 +68,14 @@ def catalog_problems(
         found = _entry_problems(where, cell, entry, language)
         problems += found
         if not found and terms is not None:
-            kind = cell["cell_type"]
-            problems += usage_problems(where, kind, entry.msgid, entry.msgstr, terms)
-            if kind == "markdown":
-                finished.append((cell_id, entry.msgstr))
+            problems += usage_problems(where, cell["cell_type"], entry.msgid, entry.msgstr, terms)
+        if entry is not None and entry.msgstr and cell["cell_type"] == "markdown":
+            # Stale ones too: where a term is first used should not move while one is revised.
+            translated.append((cell_id, entry.msgstr))
     for cell_id in entries.keys() - ids:
         problems.append(f"{name} cell {cell_id}: in the catalog, not in the English: run `update`")
     if terms is not None:
-        problems += first_use_problems(name, finished, terms)
+        problems += first_use_problems(name, translated, terms)
     return problems
 
 

@@ -13,8 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "minidp").rglob("*.py"))
+# The course's messages in other languages, read at run time (minidp.course.i18n).
+CATALOGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "minidp").rglob("*.po"))
 # What the engine must never load: the course's own modules and the libraries only it needs.
-COURSE_ONLY = ("minidp.course", "matplotlib", "ipywidgets", "nbformat", "nbclient")
+COURSE_ONLY = ("minidp.course", "matplotlib", "ipywidgets", "nbformat", "nbclient", "polib")
 
 
 def _module(path: str) -> str:
@@ -42,6 +44,13 @@ def test_the_wheel_holds_every_module(wheel: Path) -> None:
     assert packed == SOURCES
 
 
+def test_the_wheel_holds_the_message_catalogs(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        packed = sorted(n for n in z.namelist() if n.endswith(".po"))
+    assert "minidp/course/locale/zh/LC_MESSAGES/minidp.po" in CATALOGS
+    assert packed == CATALOGS
+
+
 def test_every_module_imports_from_an_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     """Installed into a folder of its own and imported from outside the checkout. `python -S`
     skips site-packages' .pth files, so the development install (`pip install -e .`) cannot
@@ -55,6 +64,10 @@ def test_every_module_imports_from_an_installed_wheel(wheel: Path, tmp_path: Pat
         f"for name in {modules!r}:\n"
         "    m = importlib.import_module(name)\n"
         f"    assert m.__file__.startswith({str(site)!r}), (name, m.__file__)\n"
+        # The installed package speaks Chinese: its catalog came with it.
+        "from minidp.course import i18n\n"
+        "i18n.set_language('zh')\n"
+        "assert i18n._('correct') == '正确', i18n.catalog_path('zh')\n"
         "print(len(sys.modules))\n"
     )
     path = f"{site}:{sysconfig.get_paths()['purelib']}:{sysconfig.get_paths()['platlib']}"

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from minidp.course.i18n import N_, _
 from minidp.launch import WorkerError, launch
 
-CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not attempted"
+# The statuses are data (grading reads them): they stay English; only what is shown is translated.
+CORRECT, INCORRECT, NOT_ATTEMPTED = N_("correct"), N_("incorrect"), N_("not attempted")
+STUB_HINT = N_("replace the `raise NotImplementedError`")
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,8 @@ class CheckResult:
 
     def __str__(self) -> str:
         mark = {CORRECT: "✅", INCORRECT: "❌", NOT_ATTEMPTED: "⏳"}[self.status]
-        return f"{mark} {self.exercise}: {self.status}" + (f". {self.hint}" if self.hint else "")
+        verdict = f"{mark} {self.exercise}: {_(self.status)}"
+        return verdict + (_(". {hint}").format(hint=self.hint) if self.hint else "")
 
     def _repr_html_(self) -> str:
         colour = {CORRECT: "#1a7f37", INCORRECT: "#cf222e", NOT_ATTEMPTED: "#9a6700"}[self.status]
@@ -81,7 +85,7 @@ def compare(
     reference: Callable,
     cases: Sequence[tuple],
     mistakes: Sequence[Mistake] = (),
-    generic_hint: str = "compare your result with the formula above on a small example",
+    generic_hint: str = N_("compare your result with the formula above on a small example"),
 ) -> CheckResult:
     """Call fn and reference on each case (a tuple of arguments) and judge fn.
 
@@ -92,15 +96,16 @@ def compare(
         try:
             got = fn(*_cloned(args))
         except NotImplementedError:
-            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+            return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
         except Exception as e:  # the learner's bug: report it, never crash the notebook
-            return CheckResult(exercise, INCORRECT, f"it raised {type(e).__name__}: {e}")
+            hint = _("it raised {error}: {message}").format(error=type(e).__name__, message=e)
+            return CheckResult(exercise, INCORRECT, hint)
         if same(got, reference(*_cloned(args))):
             continue
         for wrong, hint in mistakes:
             if same(got, wrong(*_cloned(args))):
                 return CheckResult(exercise, INCORRECT, hint)
-        return CheckResult(exercise, INCORRECT, generic_hint)
+        return CheckResult(exercise, INCORRECT, _(generic_hint))
     return CheckResult(exercise, CORRECT)
 
 
@@ -125,7 +130,7 @@ SKIPPED = "not attempted"  # what a worker returns when the learner's function i
 # up: short enough that a deadlock is a verdict, not a hung cell; long enough that starting 4
 # processes on a busy 1-core Binder does not time out.
 TIMEOUT_S = 8.0
-HANG_HINT = (
+HANG_HINT = N_(
     "with {p} ranks a rank waited {t:g} s for a message that never came. A blocking send waits for "
     "its matching recv: if every rank sends first, none ever receives (post the receive first "
     "with dist.irecv, or use dist.isend); and every send needs a recv with the matching rank"
@@ -150,15 +155,19 @@ def on_workers(exercise: str, world_size: int, worker: Callable, *args) -> list 
         results = launch(worker, world_size, *args, timeout=TIMEOUT_S)
     except WorkerError as e:
         if "NotImplementedError" in str(e):
-            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+            return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
         # A deadlocked rank times out; its peer may instead see the connection close first.
         if "timed out" in str(e).lower() or "Connection closed by peer" in str(e):
-            return CheckResult(exercise, INCORRECT, HANG_HINT.format(p=world_size, t=TIMEOUT_S))
+            hint = _(HANG_HINT).format(p=world_size, t=TIMEOUT_S)
+            return CheckResult(exercise, INCORRECT, hint)
         print(e)  # the worker's traceback: the line of the learner's code that failed
         last = str(e).strip().splitlines()[-1]
-        return CheckResult(exercise, INCORRECT, f"with {world_size} ranks, rank {e.rank}: {last}")
+        hint = _("with {p} ranks, rank {rank}: {error}").format(
+            p=world_size, rank=e.rank, error=last
+        )
+        return CheckResult(exercise, INCORRECT, hint)
     if any(isinstance(result, str) and result == SKIPPED for result in results):
-        return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+        return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
     return results
 
 
@@ -175,4 +184,4 @@ def judge(exercise: str, got: list, expected: list, mistakes: Sequence[tuple]) -
     for wrong, hint in mistakes:
         if wrong is not None and same(got, wrong):
             return CheckResult(exercise, INCORRECT, hint)
-    return CheckResult(exercise, INCORRECT, "compare with the picture above on 3 ranks")
+    return CheckResult(exercise, INCORRECT, _("compare with the picture above on 3 ranks"))

@@ -17,6 +17,7 @@ from minidp.course.checks.core import (
     checker,
     compare,
 )
+from minidp.course.i18n import _
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,11 @@ def _package(name: str, minimum: tuple[int, int], purpose: str) -> Requirement:
     try:
         found = version(name)
     except PackageNotFoundError:
-        return Requirement(what, False, f"missing ({purpose}): pip install {name}")
+        missing = _("missing ({purpose}): pip install {name}").format(purpose=purpose, name=name)
+        return Requirement(what, False, missing)
     ok = tuple(int(p) for p in found.split(".")[:2] if p.isdigit()) >= minimum
-    return Requirement(what, ok, found if ok else f"{found} is too old: pip install -U {name}")
+    old = _("{found} is too old: pip install -U {name}").format(found=found, name=name)
+    return Requirement(what, ok, found if ok else old)
 
 
 def _memory_gb() -> float | None:
@@ -77,28 +80,27 @@ def check_environment() -> Environment:
     gpus = torch.cuda.device_count()
     gloo = dist.is_available() and dist.is_gloo_available()
     fork = "fork" in multiprocessing.get_all_start_methods()
+    cores_detail = _("{cores}; with 2 or more, workers run at once").format(cores=cores)
+    gpu_detail = (
+        _("{gpus} CUDA device(s), for the trainer; the notebooks' workers use the CPU")
+        if gpus
+        else _("none, and none is needed: all runs on CPU")
+    ).format(gpus=gpus)
     return Environment(
         [
             Requirement("Python ≥ 3.10", sys.version_info >= (3, 10), platform.python_version()),
-            _package("torch", (2, 4), "the course runs on it"),
-            Requirement("gloo", gloo, "torch.distributed's CPU backend, which the workers use"),
-            Requirement("fork", fork, "minidp.launch forks its workers; on Windows use WSL 2"),
-            Requirement("CPU cores", bool(cores), f"{cores}; with 2 or more, workers run at once"),
+            _package("torch", (2, 4), _("the course runs on it")),
+            Requirement("gloo", gloo, _("torch.distributed's CPU backend, which the workers use")),
+            Requirement("fork", fork, _("minidp.launch forks its workers; on Windows use WSL 2")),
+            Requirement(_("CPU cores"), bool(cores), cores_detail),
             Requirement(
-                "memory ≥ 1.5 GB",
+                _("memory ≥ 1.5 GB"),
                 memory is None or memory >= 1.5,
-                "unknown" if memory is None else f"{memory:.1f} GB",
+                _("unknown") if memory is None else f"{memory:.1f} GB",
             ),
-            _package("matplotlib", (3, 7), "it draws the figures"),
-            _package("ipywidgets", (8, 0), "it draws the sliders"),
-            Requirement(
-                "GPU",
-                gpus > 0,
-                f"{gpus} CUDA device(s), for the trainer; the notebooks' workers use the CPU"
-                if gpus
-                else "none, and none is needed: all runs on CPU",
-                required=False,
-            ),
+            _package("matplotlib", (3, 7), _("it draws the figures")),
+            _package("ipywidgets", (8, 0), _("it draws the sliders")),
+            Requirement("GPU", gpus > 0, gpu_detail, required=False),
         ]
     )
 
@@ -107,7 +109,7 @@ def check_environment() -> Environment:
 def _check_mean(fn: Callable) -> CheckResult:
     cases = [(torch.tensor([1.0, 2.0, 6.0]),), (torch.arange(10.0) ** 2,)]
     mistakes = [
-        (lambda x: x.sum(), "that is the sum: divide it by the number of entries"),
-        (lambda x: x.sum() / (len(x) - 1), "divide by the number of entries n, not n - 1"),
+        (lambda x: x.sum(), _("that is the sum: divide it by the number of entries")),
+        (lambda x: x.sum() / (len(x) - 1), _("divide by the number of entries n, not n - 1")),
     ]
     return compare("00.mean", fn, lambda x: x.mean(), cases, mistakes)

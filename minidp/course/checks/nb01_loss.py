@@ -6,6 +6,7 @@ import torch
 
 from minidp import data, linear, model
 from minidp.course.checks.core import CheckResult, checker, compare
+from minidp.course.i18n import _
 
 
 def linear_cases() -> list[tuple]:
@@ -22,14 +23,14 @@ def linear_cases() -> list[tuple]:
 def _check_mse(fn: Callable) -> CheckResult:
     r = lambda theta, X, y: X @ theta - y  # residuals, (m,)
     mistakes = [
-        (lambda t, X, y: (r(t, X, y) ** 2).sum() / 2, "J is a mean: divide by m as well"),
-        (lambda t, X, y: (r(t, X, y) ** 2).mean(), "J has a factor 1/2 in front of the mean"),
-        (lambda t, X, y: (r(t, X, y) ** 2).sum(), "divide the sum of squares by 2m"),
+        (lambda t, X, y: (r(t, X, y) ** 2).sum() / 2, _("J is a mean: divide by m as well")),
+        (lambda t, X, y: (r(t, X, y) ** 2).mean(), _("J has a factor 1/2 in front of the mean")),
+        (lambda t, X, y: (r(t, X, y) ** 2).sum(), _("divide the sum of squares by 2m")),
         (
             lambda t, X, y: (r(t, X, y) ** 2).sum() / 2 * len(y),
-            "`/ 2 * m` multiplies by m: write `/ (2 * m)`",
+            _("`/ 2 * m` multiplies by m: write `/ (2 * m)`"),
         ),
-        (lambda t, X, y: r(t, X, y).mean() / 2, "square each residual before averaging"),
+        (lambda t, X, y: r(t, X, y).mean() / 2, _("square each residual before averaging")),
     ]
     return compare("01.mse", fn, linear.mse_loss, linear_cases(), mistakes)
 
@@ -49,19 +50,28 @@ def _check_cross_entropy(fn: Callable) -> CheckResult:
     pick = lambda values, t: values.gather(-1, t[:, None]).squeeze(-1)  # each row's target entry
     log_p = lambda z: z.log_softmax(-1)
     mistakes = [
-        (lambda z, t: pick(log_p(z), t).mean(), "the loss is -log p: you forgot the minus sign"),
-        (lambda z, t: -pick(log_p(z), t).sum(), "average over the N positions instead of summing"),
-        (lambda z, t: -pick(z.log_softmax(0), t).mean(), "normalise over the vocabulary: dim=-1"),
-        (lambda z, t: -pick(z.softmax(-1), t).mean(), "take the log of the probability"),
-        (lambda z, t: -pick(z, t).mean(), "turn logits into log-probabilities: z - logsumexp(z)"),
-        (lambda z, t: -log_p(z).mean(), "use only each row's target entry, not every entry"),
+        (lambda z, t: pick(log_p(z), t).mean(), _("the loss is -log p: you forgot the minus sign")),
+        (
+            lambda z, t: -pick(log_p(z), t).sum(),
+            _("average over the N positions instead of summing"),
+        ),
+        (
+            lambda z, t: -pick(z.log_softmax(0), t).mean(),
+            _("normalise over the vocabulary: dim=-1"),
+        ),
+        (lambda z, t: -pick(z.softmax(-1), t).mean(), _("take the log of the probability")),
+        (
+            lambda z, t: -pick(z, t).mean(),
+            _("turn logits into log-probabilities: z - logsumexp(z)"),
+        ),
+        (lambda z, t: -log_p(z).mean(), _("use only each row's target entry, not every entry")),
         (
             lambda z, t: -pick(z.exp() / z.exp().sum(-1, keepdim=True), t).log().mean(),
-            "exp overflows for large logits: use z - torch.logsumexp(z, dim=-1, keepdim=True)",
+            _("exp overflows for large logits: use z - torch.logsumexp(z, dim=-1, keepdim=True)"),
         ),
         (
             lambda z, t: -pick(z.softmax(-1), t).log().mean(),
-            "log(softmax) gives log(0) = -inf for large logits: use z - logsumexp(z)",
+            _("log(softmax) gives log(0) = -inf for large logits: use z - logsumexp(z)"),
         ),
     ]
     return compare("01.cross_entropy", fn, model.cross_entropy, _token_cases(), mistakes)

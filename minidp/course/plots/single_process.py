@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minidp import linear
+from minidp.course.i18n import _
 
 # ---- 01 loss
 
@@ -28,13 +29,13 @@ def data_and_lines(X: Tensor, y: Tensor, thetas: list[Tensor]) -> Figure:
     """The data (x_1, y) and the line h_theta of each theta, labelled with its loss J(theta)."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    ax.scatter(X[:, 1], y, s=12, color="0.5", label="data")
+    ax.scatter(X[:, 1], y, s=12, color="0.5", label=_("data"))
     xs = torch.linspace(float(X[:, 1].min()), float(X[:, 1].max()), 2)
     for theta in thetas:
         t0, t1 = theta.tolist()
         J = linear.mse_loss(theta, X, y).item()
         ax.plot(xs, t0 + t1 * xs, label=f"θ = ({t0:.1f}, {t1:.1f}):  J = {J:.2f}")
-    ax.set(xlabel="$x_1$", ylabel="$y$", title="Candidate lines and their loss")
+    ax.set(xlabel="$x_1$", ylabel="$y$", title=_("Candidate lines and their loss"))
     ax.legend(fontsize=8)
     return fig
 
@@ -54,14 +55,14 @@ def loss_surface(X: Tensor, y: Tensor, limits=LIMITS, marks: dict | None = None)
     T0, T1, J = loss_grid(X, y, limits)
     ax3d.plot_surface(T0, T1, J, cmap="viridis", alpha=0.9)
     ax3d.set(xlabel=r"$\theta_0$", ylabel=r"$\theta_1$", zlabel=r"$J(\theta)$")
-    ax3d.set_title("The loss of every line: a bowl over the plane of θ")
+    ax3d.set_title(_("The loss of every line: a bowl over the plane of θ"))
     ax = fig.add_subplot(1, 2, 2)
     _contours(ax, X, y, limits)
     for label, theta in (marks or {}).items():
         ax.plot(*theta.tolist(), marker="*", markersize=12, linestyle="none", label=label)
     if marks:
         ax.legend(fontsize=8)
-    ax.set_title("The same bowl from above: contour lines of J")
+    ax.set_title(_("The same bowl from above: contour lines of J"))
     return fig
 
 
@@ -71,8 +72,9 @@ def neg_log_prob() -> Figure:
     ax = fig.subplots()
     p = torch.linspace(0.002, 1, 500)
     ax.plot(p, -torch.log(p))
-    ax.plot(1 / 256, math.log(256), "o", label="uniform guess over 256 bytes: log 256 ≈ 5.55")
-    ax.set(xlabel="p (probability given to the right next token)", ylabel="loss  -log p")
+    guess = _("uniform guess over 256 bytes: log 256 ≈ 5.55")
+    ax.plot(1 / 256, math.log(256), "o", label=guess)
+    ax.set(xlabel=_("p (probability given to the right next token)"), ylabel=_("loss  -log p"))
     ax.legend(fontsize=8)
     return fig
 

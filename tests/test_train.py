@@ -76,7 +76,7 @@ def test_resume_continues_exactly(tmp_path):
     interrupted = tiny(tmp_path / "interrupted", stop_after=3, **options)
     run(interrupted)
     assert checkpoint.load(os.path.join(interrupted.out_dir, "ckpt.pt"))["step"] == 3
-    run(dataclasses.replace(interrupted, stop_after=0, resume=True))
+    run(dataclasses.replace(interrupted, stop_after=0, resume="yes"))
     resumed, expected = final_weights(interrupted), final_weights(straight)
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
 
@@ -84,7 +84,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_at_another_world_size(one_process, tmp_path):
     interrupted = tiny(tmp_path, nproc=2, stop_after=3)
     run(interrupted)
-    run(dataclasses.replace(interrupted, nproc=1, stop_after=0, resume=True))
+    run(dataclasses.replace(interrupted, nproc=1, stop_after=0, resume="yes"))
     assert max_difference(final_weights(interrupted), one_process[1]) <= 1e-5
 
 
@@ -94,7 +94,7 @@ def test_a_new_run_starts_a_new_log_and_a_resumed_one_continues_it(tmp_path):
     run(config)
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
     assert steps == [1, 2, 2]  # two steps and the validation at step 2, once
-    run(dataclasses.replace(config, steps=3, resume=True))
+    run(dataclasses.replace(config, steps=3, resume="yes"))
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
     assert steps == [1, 2, 2, 3, 3]
 
@@ -145,11 +145,11 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path, capsys):
     for content, message in cases.values():
         path.write_bytes(content)
         with pytest.raises(checkpoint.CheckpointError, match=message):
-            run(dataclasses.replace(config, resume=True))
+            run(dataclasses.replace(config, resume="yes"))
     # A pickle that would run code when loaded is refused, not executed.
     torch.save({"format": 1, "payload": _Evil()}, path)
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
-        run(dataclasses.replace(config, resume=True))
+        run(dataclasses.replace(config, resume="yes"))
     path.write_bytes(good)
     with pytest.raises(SystemExit) as exit_info:
         main(["--resume", "--out-dir", str(tmp_path), "--n-layer", "3", "--n-head", "2"])

@@ -15,6 +15,7 @@ model of its own and race the others to the same checkpoint. `check_launch` refu
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -52,6 +53,28 @@ def check_launch(environ: dict | None = None) -> None:
                     f"each would train alone: start one torchrun per node instead (srun "
                     f"--ntasks-per-node 1 torchrun --nnodes N ...; see the README, 'several nodes')"
                 )
+
+
+def restart_warning(environ: dict | None = None) -> str | None:
+    """A warning for a torchrun job whose restarts would fail, or None.
+
+    With --max-restarts, torchrun's c10d rendezvous shares its TCP store with the restarted
+    workers, and on current torch they may then look for each other at the previous attempt's
+    addresses (pytorch issue 135712: "Connection refused", or a hang). Setting
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment avoids it.
+    """
+    environ = os.environ if environ is None else environ
+    restarts = environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if (
+        restarts.isdigit()
+        and int(restarts) > 0
+        and environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    ):
+        return (
+            "torchrun may fail to restart this job (pytorch issue 135712): give torchrun "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,8 @@ def setup_distributed(timeout_s: float = 300.0) -> DistEnv:
         torch.cuda.set_device(env.device)
     if dist.is_initialized():
         return env
+    if env.rank == 0 and restart_warning():
+        print(f"minidp: warning: {restart_warning()}", file=sys.stderr)
     timeout = timedelta(seconds=timeout_s)
     device_id = env.device if env.device.type == "cuda" else None
     if "MASTER_ADDR" in os.environ:  # torchrun: its rendezvous tells us where to meet

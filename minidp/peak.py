@@ -65,6 +65,14 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
     return PEAK_TFLOPS[part][DTYPES.index(dtype)] if part else None
 
 
+def matmul_dtype(device_type: str, bf16: bool) -> str:
+    """The dtype the trainer's matrix products run in: bf16 under autocast on GPUs, TF32 for
+    float32 on GPUs (allowed by the trainer), float32 on CPUs."""
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16 else "tf32"
+
+
 def device_peak_flops(device: torch.device, dtype: str, tflops: float = 0.0) -> float:
     """One device's peak FLOP/s: `tflops` when given (--peak-tflops), else a GPU's from the
     table; 0 when unknown (a CPU, a GPU not in the table), and then MFU is not reported."""

@@ -72,8 +72,8 @@ class StopRequest:
 
 @contextmanager
 def forward_to_workers() -> Iterator[None]:
-    """In the launching process: the first SIGTERM or SIGINT is passed to the worker processes
-    as SIGTERM (they stop after their step, with a checkpoint) while this process keeps waiting
+    """In the launching process: the first SIGTERM or SIGINT is passed on to the worker
+    processes (they stop after their step, with a checkpoint) while this process keeps waiting
     for them; a second one raises KeyboardInterrupt here, and the launcher ends them at once.
 
     Ctrl-C in a terminal reaches every process of the foreground group, workers included, but a
@@ -89,7 +89,7 @@ def forward_to_workers() -> Iterator[None]:
             raise KeyboardInterrupt
         seen.append(signum)
         for child in mp.active_children():  # the workers `launch` started from this process
-            os.kill(child.pid, signal.SIGTERM)
+            os.kill(child.pid, signum)
 
     previous = {s: signal.signal(s, handle) for s in SIGNALS}
     try:

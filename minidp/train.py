@@ -38,7 +38,7 @@ from minidp.evaluation import evaluate, sample
 from minidp.launch import WorkerError, launch
 from minidp.loader import DeviceBatches
 from minidp.model import GPT, GPTConfig
-from minidp.peak import device_peak_flops
+from minidp.peak import device_peak_flops, matmul_dtype
 from minidp.runlog import RunLog
 from minidp.stopping import Stopped, StopRequest, forward_to_workers
 from minidp.zero import ZeroRedundancyOptimizer
@@ -148,9 +148,8 @@ def _train(c: TrainConfig, env: DistEnv, state: dict | None) -> dict | None:
     _compile_settings(c)
     model, raw, optimizer = build(c, env)
     start = checkpoint.restore(state, raw, optimizer)
-    use_bf16 = env.device.type == "cuda" and c.bf16
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    dtype = "bf16" if use_bf16 else "tf32" if env.device.type == "cuda" else "fp32"
+    dtype = matmul_dtype(env.device.type, c.bf16)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     prompt = val_tokens[:32]  # the same opening for the samples before and after training
     metrics = {"config": asdict(c), "world_size": env.world_size, "params": raw.num_params(False)}
     if env.is_main and start == 0:

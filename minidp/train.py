@@ -2,8 +2,8 @@
 
     python -m minidp.train --help                        # every option, with its default
     python -m minidp.train --nproc 2                     # 2 CPU worker processes, gloo
-    torchrun --nproc-per-node 8 --max-restarts 3 -m minidp.train --resume auto ...
-                                                         # one GPU per process, NCCL, bf16
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc-per-node 8 --max-restarts 3 \\
+        -m minidp.train --resume auto ...                # one GPU per process, restartable
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
         --rdzv-endpoint HOST:29500 -m minidp.train ...    # several nodes (see the README)
 
@@ -151,7 +151,8 @@ def _train(c: TrainConfig, env: DistEnv, state: dict | None) -> dict | None:
     dtype = matmul_dtype(env.device.type, c.bf16)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     prompt = val_tokens[:32]  # the same opening for the samples before and after training
-    metrics = {"config": asdict(c), "world_size": env.world_size, "params": raw.num_params(False)}
+    metrics = {"config": asdict(c), "world_size": env.world_size}
+    metrics["params"] = raw.num_params(non_embedding=False)
     if env.is_main and start == 0:
         metrics["sample_before"] = sample(raw, prompt, c, env)
     peak = device_peak_flops(env.device, dtype, c.peak_tflops)
@@ -183,7 +184,8 @@ def _steps(start, parts, batches, val_tokens, c: TrainConfig, env: DistEnv, auto
             # signal may reach ranks a step apart): one all-reduce, one read back to the host.
             shared = torch.stack([loss_sum, torch.full_like(loss_sum, stop.signum)])
             dist.all_reduce(shared)
-            loss, stopping = shared[0].item() / env.world_size, shared[1].item() > 0
+            loss_total, votes = shared.tolist()
+            loss, stopping = loss_total / env.world_size, votes > 0
             log.step(step + 1, loss, lr, time.perf_counter() - t0)
             done = step + 1 == end
             if ((c.eval_every and (step + 1) % c.eval_every == 0) or done) and not stopping:
@@ -200,8 +202,8 @@ def _compile_settings(c: TrainConfig) -> None:
     if c.compile and c.ddp == "torch" and c.bucket_cap_mb < 1:
         # Under torch.compile, torch's DDP has dynamo split the graph at its bucket boundaries
         # (DDPOptimizer), which assumes a first bucket of 1 MB no larger than the others and
-        # fails for smaller buckets. Unsplit, each compiled graph's gradients are all-reduced as
-        # its backward finishes: with blocks compiled one by one, still during backward.
+        # fails for smaller buckets (torch 2.13). Unsplit, the gradients of each compiled graph
+        # are all-reduced once its backward has finished.
         torch._dynamo.config.optimize_ddp = False
 
 

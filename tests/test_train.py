@@ -3,6 +3,7 @@ any world size, exact resume (`--resume yes|auto`), its log, and one line for ev
 Jobs under torchrun (restarts, two nodes, signals) are in test_train_torchrun.py."""
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -335,6 +336,15 @@ def test_peak_tflops_gives_mfu_on_any_device(tmp_path):
     expected = flops_per_token * row["tokens_per_s"] / 0.5e12
     assert row["mfu"] == pytest.approx(expected, rel=1e-6)
     assert not math.isnan(row["mfu"])
+
+
+def test_torch_ddp_compiles_with_buckets_below_one_mb(tmp_path, monkeypatch):
+    # Dynamo's DDPOptimizer, which split torch's compiled DDP at buckets, refused caps below its
+    # 1 MB first bucket. It fails while tracing, before any code is generated: the eager
+    # backend finds it in seconds where inductor would compile for a minute.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    c = tiny(tmp_path, steps=2, ddp="torch", compile=True, bucket_cap_mb=0.5, sample_tokens=0)
+    assert len(run(c)["log"]) == 2
 
 
 def test_help_explains_every_option():

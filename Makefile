@@ -61,9 +61,12 @@ bench: $(STAMP)
 	$(PY) -m minidp.bench ddp
 	$(PY) -m minidp.bench train
 
-# On a GPU node: the trainer on every GPU for about two minutes; prints tokens/s and MFU.
+# On a GPU node: a CUDA build of torch (replacing a CPU build), then our DDP and torch's side by
+# side on every GPU, under 5 minutes; prints versions, tokens/s, MFU, peak memory, and saves
+# them to runs/gpu-check/gpu_check.json.
 gpu-check: $(STAMP)
-	bash scripts/gpu_check.sh
+	$(PY) scripts/install_torch.py
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

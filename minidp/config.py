@@ -5,57 +5,83 @@ checks that a configuration can run, made before any worker starts; and the comm
     c = TrainConfig(steps=50, nproc=2)                 # from Python
     c = parse_args(["--steps", "50", "--nproc", "2"])  # the same, from a command line
     validate(c, world_size=2)                          # ConfigError, one line, if it cannot run
+
+Each numeric option declares its range beside its default, and validate() checks them all.
 """
 
 import argparse
+import math
+import operator
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from minidp.data import load_tokens, split
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _opt(default, help: str, *, at_least=None, above=None, below=None, choices=None):
+    """A field with its help and its range: >= at_least, > above, < below, or one of choices."""
+    bounds = {"at_least": at_least, "above": above, "below": below, "choices": choices}
+    return field(default=default, metadata={"help": help, **bounds})
 
 
 @dataclass
 class TrainConfig:
     # model
-    n_layer: int = _opt(4, "transformer blocks")
-    n_head: int = _opt(4, "attention heads per block")
-    n_embd: int = _opt(128, "embedding width")
-    block_size: int = _opt(128, "context length in tokens (bytes)")
-    dropout: float = _opt(0.0, "dropout probability")
+    n_layer: int = _opt(4, "transformer blocks", at_least=1)
+    n_head: int = _opt(4, "attention heads per block", at_least=1)
+    n_embd: int = _opt(128, "embedding width", at_least=1)
+    block_size: int = _opt(128, "context length in tokens (bytes)", at_least=1)
+    dropout: float = _opt(0.0, "dropout probability", at_least=0, below=1)
     # data and schedule
     data: str = _opt("", "a text file to train on (default: Python's own reference manual)")
-    steps: int = _opt(200, "optimizer steps in the whole schedule")
-    stop_after: int = _opt(0, "end this run after this step, as a preempted job would (0: never)")
-    batch_size: int = _opt(16, "sequences per optimizer step, over all ranks and micro-steps")
-    grad_accum: int = _opt(1, "micro-steps per optimizer step (gradient accumulation)")
-    lr: float = _opt(3e-3, "peak learning rate")
-    min_lr: float = _opt(3e-4, "learning rate at the end of the cosine decay")
-    warmup_steps: int = _opt(20, "steps of linear warmup up to lr")
-    weight_decay: float = _opt(0.1, "AdamW weight decay, on matrices only")
-    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
-    seed: int = _opt(1337, "fixes the initialisation, the data order and dropout")
+    steps: int = _opt(200, "optimizer steps in the whole schedule", at_least=1)
+    stop_after: int = _opt(
+        0, "end this run after this step, as a preempted job would (0: never)", at_least=0
+    )
+    batch_size: int = _opt(
+        16, "sequences per optimizer step, over all ranks and micro-steps", at_least=1
+    )
+    grad_accum: int = _opt(1, "micro-steps per optimizer step (gradient accumulation)", at_least=1)
+    lr: float = _opt(3e-3, "peak learning rate", above=0)
+    min_lr: float = _opt(3e-4, "learning rate at the end of the cosine decay", at_least=0)
+    warmup_steps: int = _opt(20, "steps of linear warmup up to lr", at_least=0)
+    weight_decay: float = _opt(0.1, "AdamW weight decay, on matrices only", at_least=0)
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)", at_least=0)
+    seed: int = _opt(
+        1337, "fixes the initialisation, the data order and dropout", at_least=0, below=2**32
+    )
     # parallelism and hardware
-    nproc: int = _opt(1, "CPU worker processes to start (not under torchrun)")
-    ddp: str = _opt("minidp", "whose DistributedDataParallel: minidp or torch")
-    bucket_cap_mb: float = _opt(25.0, "DDP bucket size in MB")
+    nproc: int = _opt(1, "CPU worker processes to start (not under torchrun)", at_least=1)
+    ddp: str = _opt(
+        "minidp", "whose DistributedDataParallel: minidp or torch", choices=("minidp", "torch")
+    )
+    bucket_cap_mb: float = _opt(25.0, "DDP bucket size in MB", at_least=0)
     zero1: bool = _opt(False, "shard the optimizer state across ranks (ZeRO stage 1)")
     bf16: bool = _opt(True, "bfloat16 autocast on GPUs (CPUs always use float32)")
     compile: bool = _opt(False, "torch.compile the model")
-    threads: int = _opt(1, "torch threads per CPU worker")
-    peak_tflops: float = _opt(0.0, "peak TFLOP/s per device for MFU on CPUs (GPUs are known)")
-    timeout_s: float = _opt(300.0, "seconds a collective may wait before the run fails")
+    threads: int = _opt(1, "torch threads per CPU worker", at_least=1)
+    peak_tflops: float = _opt(
+        0.0, "peak TFLOP/s per device for MFU (0: GPUs from a table, CPUs none)", at_least=0
+    )
+    timeout_s: float = _opt(300.0, "seconds a collective may wait before the run fails", above=0)
     # output
     out_dir: str = _opt("runs/minidp", "folder for ckpt.pt, metrics.jsonl and sample.txt")
-    resume: bool = _opt(False, "continue from out_dir/ckpt.pt")
-    checkpoint_every: int = _opt(0, "also checkpoint every this many steps (0: only at the end)")
-    eval_every: int = _opt(50, "validation loss every this many steps (0: only at the end)")
-    eval_batches: int = _opt(4, "batches of batch_size sequences per validation")
-    sample_tokens: int = _opt(200, "bytes of text to generate at the start and the end")
+    resume: str = _opt(
+        "no",
+        "continue from out_dir/ckpt.pt: no; yes (which must exist; --resume alone); auto (if "
+        "there is one, as a restartable job wants)",
+        choices=("no", "yes", "auto"),
+    )
+    checkpoint_every: int = _opt(
+        100, "checkpoint every this many steps, and at the end (0: only at the end)", at_least=0
+    )
+    eval_every: int = _opt(
+        50, "validation loss every this many steps (0: only at the end)", at_least=0
+    )
+    eval_batches: int = _opt(4, "batches of batch_size sequences per validation", at_least=1)
+    sample_tokens: int = _opt(200, "bytes of text to generate at the start and the end", at_least=0)
     progress: bool = _opt(True, "a progress bar on rank 0")
 
 
@@ -63,13 +89,29 @@ class ConfigError(ValueError):
     """A configuration that cannot run, found before any worker starts."""
 
 
-def validate(c: TrainConfig, world_size: int) -> None:
-    """Raise ConfigError (one line) for a configuration that cannot work."""
+def _out_of_range(c: TrainConfig) -> str | None:
+    """The first option outside its range, as a message; None if all are in range."""
+    compare = {">=": operator.ge, ">": operator.gt, "<": operator.lt}
+    for f in fields(TrainConfig):
+        value, m, flag = getattr(c, f.name), f.metadata, "--" + f.name.replace("_", "-")
+        if m.get("choices") and value not in m["choices"]:
+            return f"{flag} must be one of {', '.join(m['choices'])}, not {value!r}"
+        if f.type not in (int, float):
+            continue
+        named = ((">=", "at_least"), (">", "above"), ("<", "below"))
+        bounds = [(op, m[key]) for op, key in named if m.get(key) is not None]
+        if not math.isfinite(value) or not all(compare[op](value, b) for op, b in bounds):
+            return f"{flag} must be {' and '.join(f'{op} {b}' for op, b in bounds)}, not {value}"
+    return None
+
+
+def validate(c: TrainConfig, world_size: int, writes: bool = True) -> None:
+    """Raise ConfigError (one line) for a configuration that cannot work; with `writes` (the
+    process that writes the outputs), also for an out_dir it cannot write to."""
+    problem = _out_of_range(c)
+    if problem:
+        raise ConfigError(problem)
     per_step = world_size * c.grad_accum
-    if c.ddp not in ("minidp", "torch"):
-        raise ConfigError(f"--ddp must be minidp or torch, not {c.ddp!r}")
-    if min(c.steps, c.batch_size, c.grad_accum, c.nproc, c.n_layer, c.n_head) < 1:
-        raise ConfigError("steps, batch_size, grad_accum, nproc, n_layer and n_head must be >= 1")
     cores = os.cpu_count() or 1
     if c.nproc > cores:
         raise ConfigError(f"--nproc {c.nproc} CPU workers on {cores} cores would only slow down")
@@ -80,16 +122,33 @@ def validate(c: TrainConfig, world_size: int) -> None:
         )
     if c.n_embd % c.n_head:
         raise ConfigError(f"--n-embd {c.n_embd} is not a multiple of --n-head {c.n_head}")
+    _check_data(c)
+    if writes:
+        _check_out_dir(Path(c.out_dir))
+
+
+def _check_data(c: TrainConfig) -> None:
     if c.data and not Path(c.data).is_file():
         raise ConfigError(f"--data {c.data}: no such file")
-    train, val = split(load_tokens(c.data or None))
+    try:
+        train, val = split(load_tokens(c.data or None))
+    except (OSError, ValueError) as e:  # empty, unreadable
+        raise ConfigError(f"--data {c.data}: {e}") from None
     if min(len(train), len(val)) <= c.block_size:  # else validation fails after all training
         raise ConfigError(
             f"{len(train) + len(val):,} bytes of text hold too few blocks of --block-size "
             f"{c.block_size} (10% is held out for validation: {len(val):,} bytes)"
         )
-    if c.resume and not (Path(c.out_dir) / "ckpt.pt").is_file():
-        raise ConfigError(f"--resume: no checkpoint at {Path(c.out_dir) / 'ckpt.pt'}")
+
+
+def _check_out_dir(out: Path) -> None:
+    """out_dir exists (made if need be) and takes a file: found now, not after training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out-dir {out}: cannot write there ({e.strerror or e})") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,6 +175,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> TrainCon
             metavar = {"data": "FILE", "out_dir": "DIR"}.get(
                 f.name, {int: "N", float: "X"}.get(f.type)
             )
-            kwargs = {"choices": ["minidp", "torch"]} if f.name == "ddp" else {"metavar": metavar}
+            choices = f.metadata.get("choices")
+            kwargs = {"choices": choices} if choices else {"metavar": metavar}
+            if f.name == "resume":  # --resume alone: yes
+                kwargs.update(nargs="?", const="yes")
             parser.add_argument(flag, type=f.type, default=f.default, help=help, **kwargs)
     return TrainConfig(**vars(parser.parse_args(argv)))

@@ -1,27 +1,33 @@
-"""The trainer: equal results at any world size, exact resume, faults, bad input, torchrun."""
+"""The trainer in one process or in workers from `launch`: the same gradients and parameters at
+any world size, exact resume (`--resume yes|auto`), its log, and one line for every bad input.
+Jobs under torchrun (restarts, two nodes, signals) are in test_train_torchrun.py."""
 
 import dataclasses
+import functools
 import json
+import math
 import os
-import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
-import psutil
 import pytest
 import torch
 
-from minidp import checkpoint
-from minidp.train import TrainConfig, lr_at, main, run
+from minidp import checkpoint, launch
+from minidp.data import load_tokens, split
+from minidp.environment import read_env
+from minidp.loader import DeviceBatches
+from minidp.train import TrainConfig, build, lr_at, main, run, train_step
 
 
 def tiny(out_dir, **overrides) -> TrainConfig:
     """A model small enough to train a few steps in about a second."""
-    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, steps=6, lr=1e-3,
-                min_lr=1e-4, warmup_steps=2, eval_every=0, eval_batches=1, sample_tokens=8,
-                progress=False, out_dir=str(out_dir))  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    model = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
+    schedule = dict(batch_size=8, steps=6, lr=1e-3, min_lr=1e-4, warmup_steps=2)
+    output = dict(eval_every=0, eval_batches=1, sample_tokens=8, progress=False)
+    return TrainConfig(**{**model, **schedule, **output, "out_dir": str(out_dir), **overrides})
 
 
 def final_weights(config: TrainConfig) -> dict:
@@ -51,21 +57,71 @@ def test_one_process_run_returns_metrics(one_process):
 
 @pytest.mark.parametrize(
     "overrides",
-    [
-        {"nproc": 2},
-        {"nproc": 2, "ddp": "torch"},
-        {"nproc": 2, "zero1": True},
-        {"nproc": 2, "grad_accum": 2},
-        {"nproc": 1, "grad_accum": 4},
-    ],
-    ids=["2-ranks-minidp", "2-ranks-torch", "2-ranks-zero1", "2-ranks-accum", "1-rank-accum"],
+    [{"nproc": 2}, {"nproc": 2, "zero1": True}],
+    ids=["2-ranks-minidp", "2-ranks-zero1"],
 )
 def test_same_parameters_at_any_world_size(one_process, tmp_path, overrides):
+    # End to end, with AdamW: blind to the gradient's scale (the gradient test below is not).
     config = tiny(tmp_path, **overrides)
     metrics = run(config)
     assert metrics["world_size"] == config.nproc
     # float32: only the order of summation differs, so the difference is rounding.
     assert max_difference(final_weights(config), one_process[1]) <= 1e-5
+
+
+class _GradientRecorder:
+    """Stands in for the optimizer in train_step: records the gradients it would step with."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.param_groups = [{}]  # where train_step sets the learning rate
+        self.steps: list[list[torch.Tensor]] = []
+
+    def step(self) -> None:
+        self.steps.append([p.grad.detach().clone() for p in self.params])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+def _gradients(c: TrainConfig, steps: int) -> list[list[torch.Tensor]]:
+    """In each worker: the trainer's own build and train_step, with the recorder as optimizer."""
+    env = read_env()
+    model, raw, _ = build(c, env)
+    recorder = _GradientRecorder(raw.parameters())
+    batches = DeviceBatches(split(load_tokens())[0], c.seed, c.batch_size, c.block_size, env)
+    for step in range(steps):
+        train_step(step, c.lr, model, raw, recorder, batches.get(step), c, env, nullcontext())
+    return recorder.steps
+
+
+@pytest.fixture(scope="module")
+def one_process_gradients(tmp_path_factory):
+    """The reference: one process, the whole batch, no accumulation, no clipping."""
+    return launch(_gradients, 1, tiny(tmp_path_factory.mktemp("g"), grad_clip=0.0), 3)[0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"nproc": 2},
+        {"nproc": 2, "ddp": "torch"},
+        {"nproc": 2, "grad_accum": 2},
+        {"nproc": 1, "grad_accum": 4},
+    ],
+    ids=["2-ranks-minidp", "2-ranks-torch", "2-ranks-accum", "1-rank-accum"],
+)
+def test_same_gradients_at_any_world_size(one_process_gradients, tmp_path, overrides):
+    # The gradient each rank steps with must be the mean over the whole global batch: a sum over
+    # ranks (2x), a missing or doubled division by grad_accum (2x, 4x, 0.5x), or a rank with the
+    # wrong rows would all show here, where AdamW's updates would hide the scale.
+    c = tiny(tmp_path, grad_clip=0.0, **overrides)  # clipping would rescale them too
+    per_rank = launch(_gradients, c.nproc, c, 3, timeout=60)
+    for steps in per_rank:  # every replica holds the same averaged gradient
+        for got, want in zip(steps, one_process_gradients, strict=True):
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -76,7 +132,7 @@ def test_resume_continues_exactly(tmp_path):
     interrupted = tiny(tmp_path / "interrupted", stop_after=3, **options)
     run(interrupted)
     assert checkpoint.load(os.path.join(interrupted.out_dir, "ckpt.pt"))["step"] == 3
-    run(dataclasses.replace(interrupted, stop_after=0, resume=True))
+    run(dataclasses.replace(interrupted, stop_after=0, resume="auto"))
     resumed, expected = final_weights(interrupted), final_weights(straight)
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
 
@@ -84,7 +140,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_at_another_world_size(one_process, tmp_path):
     interrupted = tiny(tmp_path, nproc=2, stop_after=3)
     run(interrupted)
-    run(dataclasses.replace(interrupted, nproc=1, stop_after=0, resume=True))
+    run(dataclasses.replace(interrupted, nproc=1, stop_after=0, resume="yes"))
     assert max_difference(final_weights(interrupted), one_process[1]) <= 1e-5
 
 
@@ -92,11 +148,27 @@ def test_a_new_run_starts_a_new_log_and_a_resumed_one_continues_it(tmp_path):
     config = tiny(tmp_path, steps=2)
     run(config)
     run(config)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
-    assert steps == [1, 2, 2]  # two steps and the validation at step 2, once
-    run(dataclasses.replace(config, steps=3, resume=True))
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
-    assert steps == [1, 2, 2, 3, 3]
+    assert _logged_steps(tmp_path) == [1, 2, 2]  # two steps and the validation at step 2, once
+    run(dataclasses.replace(config, steps=3, resume="yes"))
+    assert _logged_steps(tmp_path) == [1, 2, 2, 3, 3]
+
+
+def _logged_steps(out_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").open()]
+
+
+def test_a_resume_drops_the_rows_logged_after_its_checkpoint(tmp_path):
+    config = tiny(tmp_path, steps=8, checkpoint_every=3, eval_every=2, stop_after=6)
+    run(config)
+    assert checkpoint.load(tmp_path / "ckpt.pt")["step"] == 6
+    # As if the run had gone on to step 7 and died before its next checkpoint, mid-line.
+    with open(tmp_path / "metrics.jsonl", "a") as log:
+        log.write('{"step": 7, "loss": -1.0}\n{"step": 8, "lo')
+    run(dataclasses.replace(config, stop_after=0, resume="auto"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))  # each step once
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6, 8]
+    assert all(r.get("loss") != -1.0 for r in rows)  # the dead run's row is gone
 
 
 def test_learning_rate_schedule():
@@ -105,6 +177,20 @@ def test_learning_rate_schedule():
     assert lr_at(9, c) == pytest.approx(1.0)
     assert lr_at(60, c) == pytest.approx(0.55)  # half way down the cosine
     assert lr_at(110, c) == pytest.approx(0.1)
+
+
+def _one_line(capsys, args: list[str]) -> str:
+    """main(args) must exit non-zero, fast, with one line and no worker started."""
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code not in (0, None)
+    code = exit_info.value.code  # sys.exit(message) prints it; argparse prints, then exits 2
+    err = (capsys.readouterr().err + (code if isinstance(code, str) else "")).strip()
+    assert "[rank" not in err and "Traceback" not in err  # no worker was started
+    assert len(err.splitlines()) == 1, err
+    assert time.monotonic() - start < 5
+    return err
 
 
 @pytest.mark.parametrize(
@@ -117,20 +203,54 @@ def test_learning_rate_schedule():
         (["--nproc", "512"], "512 CPU workers"),
         (["--ddp", "mpi"], "invalid choice: 'mpi'"),
         (["--resume"], "no checkpoint"),
+        (["--resume", "maybe"], "invalid choice: 'maybe'"),
         (["--n-embd", "30", "--n-head", "4"], "not a multiple"),
         (["--no-such-option"], "unrecognized arguments"),
         (["--steps", "many"], "invalid int value"),
+        (["--stop-after", "-1"], "--stop-after must be >= 0, not -1"),
+        (["--lr", "nan"], "--lr must be > 0, not nan"),
+        (["--dropout", "1"], "--dropout must be >= 0 and < 1, not 1.0"),
+        (["--timeout-s", "0"], "--timeout-s must be > 0, not 0.0"),
+        (["--seed", str(2**40)], "--seed must be >= 0 and < 4294967296"),
     ],
 )
 def test_bad_configuration_is_one_line_before_any_worker(tmp_path, capsys, args, message):
-    start = time.monotonic()
-    with pytest.raises(SystemExit) as exit_info:
-        main(args + ["--out-dir", str(tmp_path)])
-    err = capsys.readouterr().err + str(exit_info.value.code)
-    assert exit_info.value.code != 0
-    assert message in err
-    assert "[rank" not in err and "Traceback" not in err  # no worker was started
-    assert time.monotonic() - start < 5
+    assert message in _one_line(capsys, args + ["--out-dir", str(tmp_path)])
+
+
+NUMERIC = [f for f in dataclasses.fields(TrainConfig) if f.type in (int, float)]
+
+
+@pytest.mark.parametrize("field", NUMERIC, ids=[f.name for f in NUMERIC])
+def test_every_numeric_option_is_range_checked(tmp_path, capsys, field):
+    m = field.metadata
+    low = m["at_least"] if m["at_least"] is not None else m["above"]
+    assert low is not None, f"{field.name} has no lower bound"
+    flag = "--" + field.name.replace("_", "-")
+    too_small = str(field.type(low) - 1) if field.type is int else str(low - 0.5)
+    assert f"{flag} must be" in _one_line(capsys, [flag, too_small, "--out-dir", str(tmp_path)])
+    if field.type is float:  # infinity passes a lower bound, not the finite check
+        assert f"{flag} must be" in _one_line(capsys, [flag, "inf", "--out-dir", str(tmp_path)])
+
+
+def test_bad_files_are_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert "is empty" in _one_line(capsys, ["--data", str(empty), "--out-dir", str(tmp_path)])
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    err = _one_line(capsys, ["--out-dir", str(blocked / "runs")])
+    assert f"--out-dir {blocked / 'runs'}: cannot write there" in err
+
+
+def test_a_job_started_the_wrong_way_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # RANK without torchrun's MASTER_ADDR
+    err = _one_line(capsys, ["--out-dir", str(tmp_path)])
+    assert "RANK is set but MASTER_ADDR is not" in err and "torchrun" in err
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # srun's copies, without torchrun
+    err = _one_line(capsys, ["--out-dir", str(tmp_path)])
+    assert "srun started 4 copies of this command without torchrun" in err
 
 
 def test_bad_checkpoints_are_refused_clearly(tmp_path, capsys):
@@ -145,15 +265,57 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path, capsys):
     for content, message in cases.values():
         path.write_bytes(content)
         with pytest.raises(checkpoint.CheckpointError, match=message):
-            run(dataclasses.replace(config, resume=True))
+            run(dataclasses.replace(config, resume="yes"))
     # A pickle that would run code when loaded is refused, not executed.
     torch.save({"format": 1, "payload": _Evil()}, path)
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
-        run(dataclasses.replace(config, resume=True))
+        run(dataclasses.replace(config, resume="yes"))
     path.write_bytes(good)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--resume", "--out-dir", str(tmp_path), "--n-layer", "3", "--n-head", "2"])
-    assert "written for a different run: n_layer=2, now 3" in str(exit_info.value.code)
+    err = _one_line(capsys, ["--resume", "--out-dir", str(tmp_path), *TINY_CLI, "--n-layer", "3"])
+    assert "written for a different run: n_layer=2, now 3" in err
+    err = _one_line(capsys, ["--resume", "auto", "--out-dir", str(tmp_path), "--seed", "7"])
+    assert "written for a different run" in err  # auto resumes this run's only
+
+
+def _tampered(state: dict, how: str) -> dict:
+    state = dict(state, model=dict(state["model"]), optimizer=dict(state["optimizer"]))
+    if how == "config not a dict":
+        state["config"] = "n_layer=2"
+    elif how == "no optimizer":
+        del state["optimizer"]
+    elif how == "negative step":
+        state["step"] = -5
+    elif how == "a weight of the wrong shape":
+        state["model"]["blocks.0.mlp.fc.weight"] = torch.zeros(3, 3)
+    elif how == "a missing weight":
+        del state["model"]["ln_f.weight"]
+    elif how == "optimizer state of the wrong shape":
+        state["optimizer"]["state"] = {0: {"step": torch.tensor(2.0), "exp_avg": torch.zeros(7)}}
+    elif how == "too few optimizer parameters":
+        groups = state["optimizer"]["param_groups"]
+        state["optimizer"]["param_groups"] = [dict(groups[0], params=[0])]
+    return state
+
+
+TAMPERED = {
+    "config not a dict": "is damaged: config is a str",
+    "no optimizer": "is damaged: no optimizer",
+    "negative step": "is damaged: step -5",
+    "a weight of the wrong shape": "does not fit the model: blocks.0.mlp.fc.weight is (3, 3)",
+    "a missing weight": "does not fit the model: parameters ln_f.weight differ",
+    "optimizer state of the wrong shape": "does not fit the optimizer: exp_avg of parameter 0",
+    "too few optimizer parameters": "does not fit the optimizer: 1 parameters, not",
+}
+
+
+def test_a_tampered_but_loadable_checkpoint_is_one_line(tmp_path, capsys):
+    config = tiny(tmp_path, steps=2)
+    run(config)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    for how, message in TAMPERED.items():
+        torch.save(_tampered(state, how), tmp_path / "ckpt.pt")
+        err = _one_line(capsys, ["--resume", "--out-dir", str(tmp_path), *TINY_CLI])
+        assert message in err, how
 
 
 class _Evil:
@@ -161,47 +323,34 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "minidp.train", *args]
+TINY_CLI = (
+    "--n-layer 2 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8 "
+    "--eval-every 0 --eval-batches 1 --sample-tokens 8 --no-progress"
+).split()
 
 
-TINY_CLI = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-            "--batch-size", "8", "--eval-every", "0", "--eval-batches", "1",
-            "--sample-tokens", "8", "--no-progress"]  # fmt: skip
+def test_peak_tflops_gives_mfu_on_any_device(tmp_path):
+    metrics = run(tiny(tmp_path, steps=2, peak_tflops=0.5))
+    row, params = metrics["log"][-1], metrics["params"]
+    flops_per_token = 6 * (params - 32 * 32) + 12 * 2 * 32 * 32  # non-embedding N, as PaLM
+    expected = flops_per_token * row["tokens_per_s"] / 0.5e12
+    assert row["mfu"] == pytest.approx(expected, rel=1e-6)
+    assert not math.isnan(row["mfu"])
 
 
-def test_a_killed_worker_stops_the_run_and_keeps_the_checkpoint(tmp_path):
-    args = TINY_CLI + ["--nproc", "2", "--steps", "100000", "--checkpoint-every", "2"]
-    proc = subprocess.Popen(_cli(*args, "--out-dir", str(tmp_path)), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "ckpt.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        workers = sorted(psutil.Process(proc.pid).children(), key=lambda p: p.create_time())
-        assert len(workers) == 2
-        workers[1].send_signal(signal.SIGKILL)  # rank 1 dies mid-run
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode != 0
-    assert "rank 1 failed" in err and "SIGKILL" in err
-    assert checkpoint.load(tmp_path / "ckpt.pt")["step"] >= 2  # the last checkpoint is intact
-    assert psutil.wait_procs(workers, timeout=5)[1] == []  # and no worker is left running
-
-
-def test_torchrun_launches_two_processes(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "minidp.train", *TINY_CLI, "--steps", "3", "--out-dir", str(tmp_path)]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", MINIDP_DEVICE="cpu")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert checkpoint.load(tmp_path / "ckpt.pt")["step"] == 3
-    assert "done: 3 steps" in out.stdout
+def test_torch_ddp_compiles_with_buckets_below_one_mb(tmp_path, monkeypatch):
+    # Dynamo's DDPOptimizer, which split torch's compiled DDP at buckets, refused caps below its
+    # 1 MB first bucket. It fails while tracing, before any code is generated: the eager
+    # backend finds it in seconds where inductor would compile for a minute.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    c = tiny(tmp_path, steps=2, ddp="torch", compile=True, bucket_cap_mb=0.5, sample_tokens=0)
+    assert len(run(c)["log"]) == 2
 
 
 def test_help_explains_every_option():
-    out = subprocess.run(_cli("--help"), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "minidp.train", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in out.stdout

@@ -39,6 +39,17 @@ from torch import Tensor
 from minidp.flat import Event, FlatLayout, Piece, all_gather, pack, reduce_scatter, unpack
 
 
+def _piece(p: Tensor, a: int, b: int) -> Tensor:
+    """Elements [a, b) of p, for the optimizer: a view, which it updates in place (a 0-dim p's
+    only piece is p); for a parameter of another memory layout, which cannot be viewed flat, a
+    copy, refreshed before each step."""
+    if p.dim() == 0:
+        return p.detach()
+    if p.is_contiguous():
+        return p.detach().view(-1)[a:b]
+    return p.detach().reshape(-1)[a:b].clone()
+
+
 class _Flat:
     """The parameters of one dtype and device, laid end to end; this rank's pieces of them."""
 
@@ -46,12 +57,7 @@ class _Flat:
         self.params = params
         self.layout = FlatLayout([p.numel() for p in params], world_size)
         self.pieces: list[Piece] = self.layout.pieces(rank)
-        # Views into the parameters themselves: the optimizer updates them in place. A 0-dim
-        # parameter's only piece is the whole of it.
-        self.views = [
-            params[i].detach().view(-1)[a:b] if params[i].dim() else params[i].detach()
-            for i, a, b, _ in self.pieces
-        ]
+        self.views = [_piece(params[i], a, b) for i, a, b, _ in self.pieces]
 
 
 class ZeroRedundancyOptimizer:
@@ -74,10 +80,6 @@ class ZeroRedundancyOptimizer:
         # Every parameter in a fixed global order, so that all ranks agree on who holds what.
         self.all_groups = [{**g, "params": list(g["params"])} for g in groups]
         self.all_params = [p for g in self.all_groups for p in g["params"]]
-        if any(not p.is_contiguous() for p in self.all_params):
-            raise ValueError(
-                "ZeroRedundancyOptimizer shards by element: parameters must be contiguous"
-            )
         src = 0 if group is None else dist.get_global_rank(group, 0)
         with torch.no_grad():  # replicas start equal, as DDP would make them
             for p in self.all_params:
@@ -126,6 +128,10 @@ class ZeroRedundancyOptimizer:
         if closure is not None:
             raise NotImplementedError("closures would run the model once per rank's shard")
         self._shard_gradients()
+        for flat in self.flats:
+            for (i, a, b, _), view in zip(flat.pieces, flat.views, strict=True):
+                if not flat.params[i].is_contiguous():  # a copy: bring it up to date
+                    view.copy_(flat.params[i].reshape(-1)[a:b])
         self.optim.step()
         works = []
         for u, flat in enumerate(self.flats):
@@ -139,7 +145,7 @@ class ZeroRedundancyOptimizer:
         for flat, work in zip(self.flats, works, strict=True):
             full = work.wait()
             for p, offset in zip(flat.params, flat.layout.offsets, strict=True):
-                p.view(-1).copy_(full[offset : offset + p.numel()])
+                p.copy_(full[offset : offset + p.numel()].view(p.shape))
 
     def _shard_gradients(self) -> None:
         """Give each piece the averaged gradient of its range: reduce-scattered, or cut out of

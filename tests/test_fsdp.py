@@ -262,11 +262,14 @@ def _traffic():
         "ddp": nn.parallel.DistributedDataParallel(_gpt()),
         "fsdp": minidp.FullyShardedDataParallel(_gpt(), units=_units("gpt", with_root=True)),
         "zero": _gpt(),
+        "zero+ddp": minidp.DistributedDataParallel(_gpt()),
     }
     counted, recorded = {}, {}
     for name, model in runs.items():
-        if name == "zero":
-            optimizer = minidp.ZeroRedundancyOptimizer(model.parameters(), torch.optim.AdamW)
+        if name.startswith("zero"):
+            optimizer = minidp.ZeroRedundancyOptimizer(
+                model.parameters(), torch.optim.AdamW, average_gradients=name == "zero"
+            )
         else:
             optimizer = torch.optim.AdamW(model.parameters())
         _step(model, optimizer, _gpt_loss, 0, rows, 1)  # warm-up: prefetch learns the order
@@ -280,7 +283,7 @@ def _traffic():
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_traffic_fsdp_one_and_a_half_ddp_zero_one(world_size):
+def test_traffic_fsdp_one_and_a_half_ddp_zero_one_ddp(world_size):
     counted, recorded = minidp.launch(_traffic, world_size)[0]
     assert recorded["fsdp"] == pytest.approx(counted["fsdp"])  # the records tell the truth
     assert recorded["zero"] == pytest.approx(counted["zero"])
@@ -288,6 +291,8 @@ def test_traffic_fsdp_one_and_a_half_ddp_zero_one(world_size):
     # add a fraction of a percent.
     assert counted["fsdp"] / counted["ddp"] == pytest.approx(1.5, rel=0.01)
     assert counted["zero"] / counted["ddp"] == pytest.approx(1.0, rel=0.01)
+    # Under DDP, ZeRO only all-gathers, after DDP's all-reduce: as torch's does (it broadcasts).
+    assert counted["zero+ddp"] / counted["ddp"] == pytest.approx(1.5, rel=0.01)
 
 
 def _misuse(case):

@@ -17,7 +17,8 @@ averaged over the ranks, as DDP does, in one all-reduce at the end of backward.
 shaped (1, ..., 1, n) with the parameter's number of dimensions, so any torch optimizer steps
 the shards (its state is sharded for free) and rules by `p.dim()` (weight decay) still hold.
 `compute_dtype` (bf16 or fp16) casts a unit's shard before the all-gather (half the bytes) and
-runs the unit in it; shards, gradients (reduced in the shards' dtype) and optimizer stay in the
+runs the unit in it (its floating-point inputs cast too, and the outputs of the outermost unit
+cast back); shards, gradients (reduced in the shards' dtype) and optimizer stay in the
 parameters' own dtype (fp32 master weights). Parameters outside units are not cast.
 
 It follows torch's FSDP2 (torch.distributed.fsdp.fully_shard: hooks around each unit, storage
@@ -79,11 +80,12 @@ class FullyShardedDataParallel(nn.Module):
         self._predicted: list[int] = []  # units in the order the last forward entered them
         self._entered: list[int] = []  # ... and this forward
         self._finished: list[Unit] = []  # units in the order their forwards ended, for backward
-        self._queued = False
+        self._queued, self._depth = False, 0  # depth: units entered and not yet left
         _WRAPPED.add(module)
 
     def forward(self, *args, **kwargs):
         self._predicted, self._entered = self._entered or self._predicted, []
+        self._depth = 0
         output = self.module(*args, **kwargs)
         for unit in self.units:  # a prefetched unit that this forward did not use after all
             if unit.idle():
@@ -96,12 +98,12 @@ class FullyShardedDataParallel(nn.Module):
 
     def _pre_forward(self, unit: Unit):
         def hook(module, args, kwargs):
-            position = len(self._entered)
+            position, self._depth = len(self._entered), self._depth + 1
             self._entered.append(unit.index)
             unit.gather()
+            unit.wait()  # before the next one starts: two at once would share the wire
             if self.prefetch and position + 1 < len(self._predicted):
                 self.units[self._predicted[position + 1]].gather()
-            unit.wait()
             unit.use_full(True)
             if torch.is_grad_enabled():
                 args, kwargs = self._after_backward(unit, args, kwargs)
@@ -133,8 +135,9 @@ class FullyShardedDataParallel(nn.Module):
         def hook(module, args, output):
             self._record("forward", unit.index, unit.started)
             unit.use_full(False)
-            if unit.compute_dtype is not None:
-                output = cast(output, unit.dtype)
+            self._depth -= 1
+            if unit.compute_dtype is not None and self._depth == 0:  # leaving the last unit:
+                output = cast(output, unit.dtype)  # back to the dtype of the rest of the model
             tensors = tensors_in(output)
             needs_backward = [t for t in tensors or [] if t.requires_grad]
             if torch.is_grad_enabled() and (tensors is None or needs_backward):
@@ -159,6 +162,7 @@ class FullyShardedDataParallel(nn.Module):
             torch.autograd.Variable._execution_engine.queue_callback(self.finish_gradient_sync)
             self._queued = True
         unit.gather()
+        unit.wait()
         if self.prefetch:  # the unit whose forward ended before this one's: next in backward
             earlier = [
                 u
@@ -167,7 +171,6 @@ class FullyShardedDataParallel(nn.Module):
             ]
             if earlier:
                 earlier[-1].gather()
-        unit.wait()
         unit.started = time.perf_counter()
 
     def _post_backward(self, unit: Unit) -> None:

@@ -85,8 +85,10 @@ def build(c: TrainConfig, env: DistEnv):
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if c.zero1:
-        optimizer = ZeroRedundancyOptimizer(groups, torch.optim.AdamW, lr=c.lr, betas=(0.9, 0.95))
+    if c.zero1:  # under DDP, whose averaged gradients clipping needs: ZeRO only all-gathers
+        optimizer = ZeroRedundancyOptimizer(
+            groups, torch.optim.AdamW, average_gradients=False, lr=c.lr, betas=(0.9, 0.95)
+        )
     else:
         optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=(0.9, 0.95))
     return model, raw, optimizer

@@ -17,12 +17,12 @@ Two ways to use it:
 
     average_gradients=True    (the default) the model is NOT wrapped in DDP: backward leaves each
                               rank's own gradients and step() averages them in its reduce-scatter.
-                              (p.grad keeps this rank's own gradient; clip inside the optimizer's
-                              shard, not with clip_grad_norm_ on the parameters.)
+                              p.grad keeps this rank's own gradient, so clip_grad_norm_ on the
+                              parameters would clip that, not the average.
     average_gradients=False   the model IS wrapped in DDP, so every gradient is already averaged
                               (what clip_grad_norm_ needs); step() only all-gathers: DDP's bytes
                               and half again, as torch's ZeroRedundancyOptimizer, which broadcasts
-                              each owner's parameters after DDP's all-reduce.
+                              each owner's parameters after DDP's all-reduce. minidp.train does so.
 
 The API mirrors torch.distributed.optim.ZeroRedundancyOptimizer: the wrapped optimizer's class and
 keyword arguments, `consolidate_state_dict(to)` then `state_dict()` for a checkpoint, which is in

@@ -48,7 +48,8 @@ def find_units(root: nn.Module, units) -> tuple[list[tuple[nn.Module, list]], li
     def walk(module: nn.Module, unit: nn.Module | None) -> None:
         if match(module):
             unit = module
-            found.append(module) if module not in found else None
+            if module not in found:
+                found.append(module)
         if (id(module), id(unit)) in seen:  # a module reachable twice, under the same unit
             return
         seen.add((id(module), id(unit)))

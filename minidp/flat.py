@@ -165,19 +165,29 @@ def _start(collective, kind: str, nbytes: int, group, events, unit: int, *tensor
     return work
 
 
-def reduce_scatter(buffer: Tensor, group=None, events: list | None = None, unit: int = 0):
+def reduce_scatter(
+    buffer: Tensor,
+    group=None,
+    events: list | None = None,
+    unit: int = 0,
+    native: bool | None = None,
+) -> Pending:
     """Start summing pack's (K, S + n) buffer over the ranks; wait() gives this rank's row of
     the sum, (S + n,).
 
     gloo has no reduce-scatter of its own: torch's gloo backend all-reduces the whole buffer and
-    keeps one chunk, twice the bytes. There we exchange rows with one all-to-all (row j to rank
-    j) and add the K rows that arrive, in rank order: each rank sends (K-1)/K of the buffer, as
-    a ring's reduce-scatter does (notebook 06). NCCL has a real one.
+    keeps one chunk, twice the bytes. So unless `native` says otherwise, on gloo we exchange rows
+    with one all-to-all (row j to rank j) and add the K rows that arrive, in rank order: each
+    rank sends (K-1)/K of the buffer, as a ring's reduce-scatter does (notebook 06). NCCL's own
+    reduce-scatter does that on GPUs.
     """
     K, nbytes = buffer.shape[0], buffer.numel() * buffer.element_size()
-    if dist.get_backend(group) == "nccl":
+    if native is None:
+        native = dist.get_backend(group) != "gloo"
+    if native:
         out = torch.empty(buffer.shape[1], dtype=buffer.dtype, device=buffer.device)
-        work = _start(_reduce_scatter, "reduce-scatter", nbytes, group, events, unit, out, buffer)
+        flat = buffer.view(-1)  # (K (S + n),): chunk j, row j, goes to rank j
+        work = _start(_reduce_scatter, "reduce-scatter", nbytes, group, events, unit, out, flat)
         return Pending(work, lambda: out)
     rows = torch.empty_like(buffer)  # (K, S + n): row j from rank j
     work = _start(

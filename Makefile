@@ -52,6 +52,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m minidp.bench allreduce
 	$(PY) -m minidp.bench ddp
+	$(PY) -m minidp.bench fsdp
 	$(PY) -m minidp.bench train
 
 # On a GPU node: the trainer on every GPU for about two minutes; prints tokens/s and MFU.

@@ -143,13 +143,15 @@ def unpack(
 class Pending:
     """A collective under way: wait() returns its result (and keeps its tensors alive till then)."""
 
-    def __init__(self, work, finish: Callable[[], Tensor]):
-        self.work, self.finish, self.result = work, finish, None
+    def __init__(self, work, finish: Callable[[], Tensor], *tensors: Tensor):
+        # Its input tensors too: on a GPU the collective reads them on a stream of its own, and
+        # memory freed here before it is done could be handed to the next allocation.
+        self.work, self.finish, self.result, self.tensors = work, finish, None, tensors
 
     def wait(self) -> Tensor:
         if self.result is None:
             self.work.wait()
-            self.result = self.finish()
+            self.result, self.tensors = self.finish(), ()
         return self.result
 
 
@@ -188,19 +190,19 @@ def reduce_scatter(
         out = torch.empty(buffer.shape[1], dtype=buffer.dtype, device=buffer.device)
         flat = buffer.view(-1)  # (K (S + n),): chunk j, row j, goes to rank j
         work = _start(_reduce_scatter, "reduce-scatter", nbytes, group, events, unit, out, flat)
-        return Pending(work, lambda: out)
+        return Pending(work, lambda: out, buffer)
     rows = torch.empty_like(buffer)  # (K, S + n): row j from rank j
     work = _start(
         dist.all_to_all_single, "reduce-scatter", nbytes, group, events, unit, rows, buffer
     )
-    return Pending(work, lambda: rows.sum(0) if K > 1 else rows[0])
+    return Pending(work, lambda: rows.sum(0) if K > 1 else rows[0], buffer)
 
 
 def all_gather(out: Tensor, shard: Tensor, group=None, events: list | None = None, unit: int = 0):
     """Start gathering every rank's shard (S,) into out (K S,), in rank order; wait() gives out."""
     nbytes = out.numel() * out.element_size()
     work = _start(_all_gather, "all-gather", nbytes, group, events, unit, out, shard)
-    return Pending(work, lambda: out)
+    return Pending(work, lambda: out, shard)
 
 
 def all_reduce(buffer: Tensor, group=None, events: list | None = None, unit: int = 0):

@@ -59,6 +59,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m minidp.bench allreduce
 	$(PY) -m minidp.bench ddp
+	$(PY) -m minidp.bench fsdp
 	$(PY) -m minidp.bench train
 
 # On a GPU node: a CUDA build of torch (replacing a CPU build), then our DDP and torch's side by

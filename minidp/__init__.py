@@ -6,12 +6,14 @@ torch and nothing else; the course's checkers, plots and widgets are in `minidp.
     results = minidp.launch(fn, 2)                          # fn on 2 CPU worker processes
     minidp.collectives.ring_all_reduce(t)                   # like dist.all_reduce(t), by hand
     model = minidp.DistributedDataParallel(model)           # like torch's DDP
+    model = minidp.FullyShardedDataParallel(model, units=(Block,))  # like torch's fully_shard
     optimizer = minidp.ZeroRedundancyOptimizer(params, torch.optim.AdamW, lr=1e-3)
 """
 
 from minidp import collectives, data, linear, model
 from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
 from minidp.environment import DistEnv, read_env, setup_distributed
+from minidp.fsdp import FullyShardedDataParallel
 from minidp.launch import WorkerError, launch
 from minidp.zero import ZeroRedundancyOptimizer
 
@@ -19,6 +21,7 @@ __all__ = [
     "AfterBackwardDDP",
     "DistEnv",
     "DistributedDataParallel",
+    "FullyShardedDataParallel",
     "PerParameterDDP",
     "WorkerError",
     "ZeroRedundancyOptimizer",

@@ -12,7 +12,9 @@ momentum and variance) for Ψ parameters; ZeRO stage 1, 2, 3 shard the optimizer
 gradients, then the weights over the data-parallel ranks. Activations follow Korthikanti et al.,
 "Reducing Activation Recomputation in Large Transformer Models" (MLSys 2023), section 4: per
 layer sbh(34 + 5as/h) bytes with 16-bit values, for s tokens of context, b sequences, h the
-width and a the attention heads. Everything is in bytes; GB below means 10^9 bytes.
+width and a the attention heads. With tensor parallelism (tp > 1) the activations assume
+sequence parallelism unless Setup(sequence_parallel=False): tensor parallelism alone leaves 10 of
+those 34 sbh whole on every GPU. Everything is in bytes; GB below means 10^9 bytes.
 """
 
 from dataclasses import dataclass
@@ -99,6 +101,7 @@ def layer_activation_bytes(
     tp: int = 1,
     recompute: str = "none",
     dropout: bool = True,
+    sequence_parallel: bool = True,
 ) -> float:
     """Bytes one transformer layer keeps for backward: Korthikanti et al.'s sbh(34 + 5as/h).
 
@@ -107,17 +110,23 @@ def layer_activation_bytes(
     dropout masks, 2 sbh + a s² b. With 2-byte values that is 34 sbh + 5 a s² b. recompute
     "attention" (selective recomputation, or flash attention) recomputes the s² terms in
     backward instead of keeping them; "full" keeps only the layer's input. Tensor parallelism
-    with sequence parallelism divides it all by tp.
+    alone divides what lies inside attention and the MLP by tp; the layer norms' inputs, the
+    inputs of the first matrix products and the last two dropout masks, 10 sbh with dropout,
+    stay whole on every GPU: sbh(10 + 24/tp + 5as/(h tp)) (their table 2). With sequence
+    parallelism, which splits those along the sequence, everything is divided by tp.
     """
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute is one of {RECOMPUTE}, not {recompute!r}")
     s, b, h, a = spec.seq_len, micro_batch, spec.n_embd, spec.n_head
+    split = sequence_parallel or tp == 1
     if recompute == "full":
-        return value_bytes * s * b * h / tp
+        return value_bytes * s * b * h / (tp if split else 1)
     scores = 0 if recompute == "attention" else a * s * s * b  # (b, a, s, s) values
     values = 16 * s * b * h + (2 if dropout else 1) * scores
     masks = 2 * s * b * h + scores if dropout else 0
-    return (value_bytes * values + masks) / tp
+    total = value_bytes * values + masks
+    whole = 0 if split else value_bytes * 4 * s * b * h + (2 * s * b * h if dropout else 0)
+    return whole + (total - whole) / tp
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ class Setup:
     pipeline_parallel: int = 1  # pp: the layers split into this many stages
     micro_batch: int = 1  # sequences per GPU per forward pass
     recompute: str = "none"
+    sequence_parallel: bool = True  # with tp > 1, as Megatron-LM runs it: activations / tp
 
     @property
     def data_parallel(self) -> int:
@@ -148,14 +158,17 @@ def per_gpu(spec: ModelSpec, setup: Setup) -> dict[str, float]:
     tp, pp, dp = setup.tensor_parallel, setup.pipeline_parallel, setup.data_parallel
     # Tensor and pipeline parallelism split the parameters; ZeRO then shards over the dp replicas.
     memory = state_bytes(spec.params / (tp * pp), setup.precision, setup.zero_stage, dp)
-    value_bytes = PRECISIONS[setup.precision][0]
-    layer = layer_activation_bytes(spec, setup.micro_batch, value_bytes, tp, setup.recompute)
+    value_bytes, sp = PRECISIONS[setup.precision][0], setup.sequence_parallel
+    layer = layer_activation_bytes(
+        spec, setup.micro_batch, value_bytes, tp, setup.recompute, sequence_parallel=sp
+    )
     # With a 1F1B pipeline the first stage keeps pp micro-batches in flight through its L/pp
     # layers: L layers' worth, whatever pp (Korthikanti et al., section 4).
     activations = spec.n_layer * layer
     if pp == 1:  # embeddings, last norm and output logits, (4sbh/t)(1 + V/h) at 16 bits
         sbh = spec.seq_len * setup.micro_batch * spec.n_embd
-        activations += 2 * value_bytes * sbh * (1 + spec.vocab_size / spec.n_embd) / tp
+        logits = 2 * value_bytes * sbh * spec.vocab_size / spec.n_embd / tp  # split by vocabulary
+        activations += logits + 2 * value_bytes * sbh / (tp if sp else 1)
     return {**memory, "activations": activations}
 
 

@@ -87,8 +87,10 @@ def build(c: TrainConfig, env: DistEnv):
     # Weight decay on matrices (weights, embeddings), not on biases and norms (nanoGPT's rule).
     groups = decay_groups(raw, c.weight_decay)
     adamw = dict(lr=c.lr, betas=(0.9, 0.95), fused=env.device.type == "cuda")  # one kernel on GPUs
-    if c.zero1:
-        optimizer = ZeroRedundancyOptimizer(groups, torch.optim.AdamW, **adamw)
+    if c.zero1:  # under DDP, whose averaged gradients clipping needs: ZeRO only all-gathers
+        optimizer = ZeroRedundancyOptimizer(
+            groups, torch.optim.AdamW, average_gradients=False, **adamw
+        )
     else:
         optimizer = torch.optim.AdamW(groups, **adamw)
     return model, raw, optimizer

@@ -1,17 +1,33 @@
 """ZeRO stage 1: shard the optimizer's state across data-parallel ranks.
 
     optimizer = ZeroRedundancyOptimizer(model.parameters(), torch.optim.AdamW, lr=3e-4)
-    loss.backward()          # with DDP: every rank holds the full averaged gradient
-    optimizer.step()         # each rank updates its shard, then the shards are broadcast
+    model(x, y)[1].backward()   # no DDP wrapper: each rank keeps its own gradients
+    optimizer.step()            # reduce-scatter them, update this rank's shard, all-gather it
 
-With plain data parallelism every rank keeps the whole optimizer state: for Adam, two fp32
-tensors per parameter, twice the parameters' own memory. ZeRO-1 (Rajbhandari et al., "ZeRO:
-Memory Optimizations Toward Training Trillion Parameter Models", SC 2020) gives each of the p
-ranks one shard of the parameters to update, so each holds 1/p of that state; after its step a
-rank broadcasts its updated parameters, and every replica is whole and equal again.
+With plain data parallelism every rank keeps the whole optimizer state: for Adam, two tensors per
+parameter, twice the parameters' own memory. ZeRO-1 (Rajbhandari et al., "ZeRO: Memory
+Optimizations Toward Training Trillion Parameter Models", SC 2020) lays the parameters end to end
+and gives each of the K ranks 1/K of them (minidp.flat: by elements, padded evenly, so any model
+balances); each rank's optimizer holds the state of its shard only. A step is the two halves of a
+ring all-reduce with an update in between: a reduce-scatter hands each rank the averaged gradient
+of its own shard, the rank updates that shard, and an all-gather hands every rank every updated
+shard. Exactly the bytes of DDP's all-reduce, and the same update as the unsharded optimizer.
 
-The API mirrors torch.distributed.optim.ZeroRedundancyOptimizer: the wrapped optimizer's class
-and keyword arguments, `consolidate_state_dict(to)` then `state_dict()` for a checkpoint.
+Two ways to use it:
+
+    average_gradients=True    (the default) the model is NOT wrapped in DDP: backward leaves each
+                              rank's own gradients and step() averages them in its reduce-scatter.
+                              p.grad keeps this rank's own gradient, so clip_grad_norm_ on the
+                              parameters would clip that, not the average.
+    average_gradients=False   the model IS wrapped in DDP, so every gradient is already averaged
+                              (what clip_grad_norm_ needs); step() only all-gathers: DDP's bytes
+                              and half again, as torch's ZeroRedundancyOptimizer, which broadcasts
+                              each owner's parameters after DDP's all-reduce. minidp.train does so.
+
+The API mirrors torch.distributed.optim.ZeroRedundancyOptimizer: the wrapped optimizer's class and
+keyword arguments, `consolidate_state_dict(to)` then `state_dict()` for a checkpoint, which is in
+the unsharded optimizer's format. The wrapped optimizer must act element by element (SGD, Adam,
+AdamW, ...), as every sharded optimizer assumes: its state is cut along with the parameters.
 """
 
 from typing import Any
@@ -20,39 +36,74 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from minidp.flat import Event, FlatLayout, Piece, all_gather, pack, reduce_scatter, unpack
 
-def partition(sizes: list[int], world_size: int) -> list[int]:
-    """The owning rank of each tensor of `sizes` bytes: largest first, to the least-loaded rank."""
-    owner, load = [0] * len(sizes), [0] * world_size
-    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        rank = min(range(world_size), key=lambda r: load[r])
-        owner[i] = rank
-        load[rank] += sizes[i]
-    return owner
+
+def _piece(p: Tensor, a: int, b: int) -> Tensor:
+    """Elements [a, b) of p, for the optimizer: a view, which it updates in place (a 0-dim p's
+    only piece is p); for a parameter of another memory layout, which cannot be viewed flat, a
+    copy, refreshed before each step."""
+    if p.dim() == 0:
+        return p.detach()
+    if p.is_contiguous():
+        return p.detach().view(-1)[a:b]
+    return p.detach().reshape(-1)[a:b].clone()
+
+
+class _Flat:
+    """The parameters of one dtype and device, laid end to end; this rank's pieces of them."""
+
+    def __init__(self, params: list[Tensor], rank: int, world_size: int):
+        self.params = params
+        self.layout = FlatLayout([p.numel() for p in params], world_size)
+        self.pieces: list[Piece] = self.layout.pieces(rank)
+        self.views = [_piece(params[i], a, b) for i, a, b, _ in self.pieces]
 
 
 class ZeroRedundancyOptimizer:
-    """Any torch optimizer, with its state sharded across the ranks of `group`."""
+    """Any element-wise torch optimizer, with its state sharded across the ranks of `group`."""
 
     def __init__(
-        self, params, optimizer_class: type[torch.optim.Optimizer], group=None, **defaults
+        self,
+        params,
+        optimizer_class: type[torch.optim.Optimizer],
+        group=None,
+        average_gradients: bool = True,
+        **defaults,
     ):
-        self.group = group
+        self.group, self.average_gradients = group, average_gradients
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        self.events: list[Event] | None = None  # set to [] to record each collective
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        # Every parameter in a fixed global order, so that all ranks agree on who owns what.
+        # Every parameter in a fixed global order, so that all ranks agree on who holds what.
         self.all_groups = [{**g, "params": list(g["params"])} for g in groups]
         self.all_params = [p for g in self.all_groups for p in g["params"]]
-        owner = partition([p.numel() * p.element_size() for p in self.all_params], self.world_size)
-        self.owner = dict(zip(self.all_params, owner, strict=True))  # tensors hash by identity
-        mine = [
-            {**g, "params": [p for p in g["params"] if self.owner[p] == self.rank]}
-            for g in self.all_groups
+        src = 0 if group is None else dist.get_global_rank(group, 0)
+        with torch.no_grad():  # replicas start equal, as DDP would make them
+            for p in self.all_params:
+                dist.broadcast(p, src=src, group=group)
+        # One flat vector per dtype and device (a reduce-scatter sums one dtype), in a fixed order.
+        kinds = sorted({(p.dtype, p.device) for p in self.all_params}, key=str)
+        self.flats = [
+            _Flat(
+                [p for p in self.all_params if (p.dtype, p.device) == k], self.rank, self.world_size
+            )
+            for k in kinds
         ]
-        # Empty groups are kept (a rank may own nothing of a group) so group indices line up.
-        self.optim = optimizer_class(mine, **defaults)
+        index = {p: i for i, p in enumerate(self.all_params)}  # tensors hash by identity
+        group_of = {p: g for g, group_ in enumerate(self.all_groups) for p in group_["params"]}
+        mine: list[list[Tensor]] = [[] for _ in self.all_groups]
+        self.source: dict[Tensor, tuple[int, int, int]] = {}  # piece -> parameter index, range
+        for flat in self.flats:
+            for (i, a, b, _), view in zip(flat.pieces, flat.views, strict=True):
+                mine[group_of[flat.params[i]]].append(view)
+                self.source[view] = (index[flat.params[i]], a, b)
+        # Empty groups are kept (a rank may hold nothing of a group) so group indices line up.
+        self.optim = optimizer_class(
+            [{**g, "params": m} for g, m in zip(self.all_groups, mine, strict=True)], **defaults
+        )
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -72,25 +123,48 @@ class ZeroRedundancyOptimizer:
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
-        """Update this rank's shard, then share it: afterwards every rank has every parameter."""
+        """Average this rank's shard of the gradients, update it, and share it: afterwards every
+        rank has every updated parameter."""
         if closure is not None:
             raise NotImplementedError("closures would run the model once per rank's shard")
+        self._shard_gradients()
+        for flat in self.flats:
+            for (i, a, b, _), view in zip(flat.pieces, flat.views, strict=True):
+                if not flat.params[i].is_contiguous():  # a copy: bring it up to date
+                    view.copy_(flat.params[i].reshape(-1)[a:b])
         self.optim.step()
-        for rank in range(self.world_size):
-            # One broadcast per owner and kind of tensor (dtype, device), of its parameters
-            # flattened, rather than one per tensor.
-            owned = [p for p in self.all_params if self.owner[p] == rank]
-            kinds = sorted({(p.dtype, p.device) for p in owned}, key=str)
-            for dtype, device in kinds:
-                same = [p for p in owned if (p.dtype, p.device) == (dtype, device)]
-                if rank == self.rank:
-                    flat = torch.cat([p.reshape(-1) for p in same])
-                else:
-                    flat = torch.empty(sum(p.numel() for p in same), dtype=dtype, device=device)
-                src = rank if self.group is None else dist.get_global_rank(self.group, rank)
-                dist.broadcast(flat, src=src, group=self.group)
-                if rank != self.rank:
-                    _copy_into(same, flat)
+        works = []
+        for u, flat in enumerate(self.flats):
+            p0 = flat.params[0]
+            send = torch.zeros(flat.layout.shard_numel, dtype=p0.dtype, device=p0.device)
+            for (_, a, b, at), view in zip(flat.pieces, flat.views, strict=True):
+                send[at : at + b - a] = view.reshape(-1)
+                view.grad = None  # the shard's gradient has served
+            full = torch.empty(flat.layout.padded_numel, dtype=send.dtype, device=send.device)
+            works.append(all_gather(full, send, self.group, self.events, u))
+        for flat, work in zip(self.flats, works, strict=True):
+            full = work.wait()
+            for p, offset in zip(flat.params, flat.layout.offsets, strict=True):
+                p.copy_(full[offset : offset + p.numel()].view(p.shape))
+
+    def _shard_gradients(self) -> None:
+        """Give each piece the averaged gradient of its range: reduce-scattered, or cut out of
+        gradients that DDP has already averaged."""
+        if not self.average_gradients:
+            for flat in self.flats:
+                for (i, a, b, _), view in zip(flat.pieces, flat.views, strict=True):
+                    grad = flat.params[i].grad
+                    view.grad = None if grad is None else grad.reshape(-1)[a:b].view(view.shape)
+            return
+        pending = []
+        for u, flat in enumerate(self.flats):
+            grads = [p.grad for p in flat.params]
+            buffer = pack(flat.layout, grads, flat.params[0].dtype)
+            pending.append((reduce_scatter(buffer, self.group, self.events, u), grads))
+        for flat, (work, grads) in zip(self.flats, pending, strict=True):
+            out = work.wait()
+            had = [g is not None for g in grads]
+            unpack(flat.layout, out, flat.pieces, flat.views, had, self.world_size)
 
     # ---- checkpoints: the full state, in the unsharded optimizer's own format
 
@@ -102,30 +176,39 @@ class ZeroRedundancyOptimizer:
 
     def consolidate_state_dict(self, to: int = 0) -> None:
         """Gather every shard's state on rank `to` (a collective: call it on every rank)."""
-        local = self.optim.state_dict()
-        index = {id(p): i for i, p in enumerate(self.all_params)}
-        mine = [p for g in self.optim.param_groups for p in g["params"]]
-        # Re-key the local state by each parameter's global index, on the CPU: gathered as they
-        # are, GPU tensors would be rebuilt on rank `to` on their sender's device index.
-        shard = {
-            index[id(p)]: {
-                n: v.cpu() if torch.is_tensor(v) else v for n, v in local["state"][k].items()
-            }
-            for k, p in enumerate(mine)
-            if k in local["state"]
-        }
+        shard: dict[int, list] = {}  # parameter index -> [(start, stop, state of that piece)]
+        for view, (i, a, b) in self.source.items():
+            if view in self.optim.state:
+                # On the CPU: gathered as they are, GPU tensors would be rebuilt on rank `to` on
+                # their sender's device index.
+                state = {
+                    n: v.cpu() if torch.is_tensor(v) else v
+                    for n, v in self.optim.state[view].items()
+                }
+                shard.setdefault(i, []).append((a, b, state))
         shards: list = [None] * self.world_size if self.rank == to else None
         dst = to if self.group is None else dist.get_global_rank(self.group, to)
         dist.gather_object(shard, shards, dst=dst, group=self.group)
         self._consolidated = None
         if self.rank == to:
-            state = {k: v for s in shards for k, v in s.items()}
-            groups, start = [], 0
-            for g, local_group in zip(self.all_groups, local["param_groups"], strict=True):
-                hyper = {k: v for k, v in local_group.items() if k != "params"}
-                groups.append({**hyper, "params": list(range(start, start + len(g["params"])))})
-                start += len(g["params"])
-            self._consolidated = {"state": dict(sorted(state.items())), "param_groups": groups}
+            parts: dict[int, list] = {}
+            for s in shards:
+                for i, pieces in s.items():
+                    parts.setdefault(i, []).extend(pieces)
+            state = {
+                i: _join(sorted(parts[i], key=lambda x: x[0]), self.all_params[i])
+                for i in sorted(parts)
+            }
+            self._consolidated = {"state": state, "param_groups": self._full_groups()}
+
+    def _full_groups(self) -> list[dict]:
+        """The param_groups of the unsharded optimizer: hyperparameters, and global indices."""
+        groups, start = [], 0
+        for g, local in zip(self.all_groups, self.optim.param_groups, strict=True):
+            hyper = {k: v for k, v in local.items() if k != "params"}
+            groups.append({**hyper, "params": list(range(start, start + len(g["params"])))})
+            start += len(g["params"])
+        return groups
 
     def state_dict(self) -> dict:
         """The consolidated state (on the rank it was gathered to), as the unsharded optimizer's."""
@@ -135,23 +218,39 @@ class ZeroRedundancyOptimizer:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a full (unsharded-format) state dict: each rank keeps its own shard of it."""
-        index = {id(p): i for i, p in enumerate(self.all_params)}
-        mine = [p for g in self.optim.param_groups for p in g["params"]]
-        local_index = {id(p): k for k, p in enumerate(mine)}
-        local_groups = []
-        for g, full in zip(self.optim.param_groups, state_dict["param_groups"], strict=True):
-            hyper = {k: v for k, v in full.items() if k != "params"}
-            local_groups.append({**hyper, "params": [local_index[id(p)] for p in g["params"]]})
-        state = {
-            k: state_dict["state"][index[id(p)]]
-            for k, p in enumerate(mine)
-            if index[id(p)] in state_dict["state"]
-        }
+        local_groups, state, k = [], {}, 0
+        for local, full in zip(self.optim.param_groups, state_dict["param_groups"], strict=True):
+            hyper = {key: v for key, v in full.items() if key != "params"}
+            local_groups.append({**hyper, "params": list(range(k, k + len(local["params"])))})
+            for view in local["params"]:
+                i, a, b = self.source[view]
+                if i in state_dict["state"]:
+                    state[k] = _cut(state_dict["state"][i], self.all_params[i], a, b, view)
+                k += 1
         self.optim.load_state_dict({"state": state, "param_groups": local_groups})
 
 
-def _copy_into(params: list[Tensor], flat: Tensor) -> None:
-    offset = 0
-    for p in params:
-        p.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
+def _join(pieces: list[tuple[int, int, dict]], param: Tensor) -> dict:
+    """One parameter's state from its pieces' states: element-wise tensors (shaped like the
+    piece, as Adam's m and v) joined in order; anything else (Adam's step) from the first."""
+    joined = {}
+    for name, first in pieces[0][2].items():
+        if (
+            torch.is_tensor(first)
+            and first.numel() == pieces[0][1] - pieces[0][0]
+            and (first.dim() > 0 or param.dim() == 0)
+        ):
+            joined[name] = torch.cat([s[name].reshape(-1) for _, _, s in pieces]).view(param.shape)
+        else:
+            joined[name] = first
+    return joined
+
+
+def _cut(state: dict, param: Tensor, a: int, b: int, view: Tensor) -> dict:
+    """A piece's state out of its parameter's full state (the inverse of _join)."""
+    return {
+        name: v.reshape(-1)[a:b].view(view.shape).clone()
+        if torch.is_tensor(v) and v.shape == param.shape
+        else v
+        for name, v in state.items()
+    }

@@ -216,7 +216,9 @@ def test_zero1_shards_state_and_checkpoints_in_the_unsharded_format():
     shards, state, reference, after = minidp.launch(_zero_state_and_checkpoint, 2)[0]
     full = sum(t.numel() for s in reference["state"].values() for t in s.values() if t.dim())
     scalar_steps = len(reference["state"])  # AdamW keeps one 'step' scalar per parameter
-    assert sum(shards) == full + scalar_steps  # all of it, held once
+    # All of it, held once; ZeRO shards by element, so the one parameter cut between the two
+    # ranks has a step counter on each.
+    assert full + scalar_steps <= sum(shards) <= full + scalar_steps + 1
     assert max(shards) < 0.6 * sum(shards)  # and split roughly evenly
     assert state["param_groups"] == reference["param_groups"]
     assert state["state"].keys() == reference["state"].keys()

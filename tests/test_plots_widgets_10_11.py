@@ -126,6 +126,17 @@ def test_calculator_follows_its_controls():
     assert calc.status == "does not fit"
 
 
+def test_calculator_says_it_assumes_sequence_parallelism_with_tensor_parallelism():
+    calc = widgets.MemoryCalculator(model="Llama 2 7B", gpus=8)
+    assert "sequence parallelism" not in calc.label.value
+    calc.tensor_parallel.value = 8
+    assert "sequence parallelism" in calc.label.value
+    alone = memory.Setup(gpus=8, tensor_parallel=8, sequence_parallel=False)
+    without = memory.per_gpu(memory.MODELS["Llama 2 7B"], alone)["activations"]
+    assert f"{without / memory.GB:,.1f} GB" in calc.label.value
+    assert without > calc.parts["activations"]
+
+
 def test_calculator_says_when_the_gpus_do_not_split():
     calc = widgets.MemoryCalculator(gpus=4)
     calc.tensor_parallel.value = 8

@@ -28,6 +28,7 @@ from minidp.course.checks import (  # noqa: F401  (importing a notebook's module
     nb09_gradient_accumulation,
     nb10_training_a_gpt,
     nb11_beyond_data_parallel,
+    nb12_sharding_everything,
 )
 from minidp.course.checks.core import (
     CHECKERS,

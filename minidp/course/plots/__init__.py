@@ -40,6 +40,7 @@ from minidp.course.plots.scale import (
     training_curves,
     zero_stages,
 )
+from minidp.course.plots.sharding import KIND_COLOURS, fsdp_timeline, sharded_memory
 from minidp.course.plots.single_process import (
     LIMITS,
     data_and_lines,
@@ -53,6 +54,7 @@ from minidp.course.plots.single_process import (
 )
 
 __all__ = [
+    "KIND_COLOURS",
     "LIMITS",
     "PART_COLOURS",
     "PHASES",
@@ -68,6 +70,7 @@ __all__ = [
     "descent_paths",
     "fastest_step",
     "fit_alpha_beta",
+    "fsdp_timeline",
     "gradient_clouds",
     "holdings",
     "large_batch_runs",
@@ -83,6 +86,7 @@ __all__ = [
     "ring_step",
     "round_times",
     "scaling",
+    "sharded_memory",
     "staleness_effect",
     "step_seconds",
     "tensor_parallel_mlp",

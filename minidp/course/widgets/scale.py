@@ -1,5 +1,7 @@
 """Widgets of notebooks 10-11 (training a GPT, beyond data parallelism)."""
 
+from dataclasses import replace
+
 import ipywidgets as W
 
 from minidp import memory
@@ -98,6 +100,14 @@ class MemoryCalculator:
             f"GPU{'s' if s.tensor_parallel * s.pipeline_parallel > 1 else ''}); "
             f"one {self.gpu.value} holds {capacity / memory.GB:,.0f} GB"
         )
+        if s.tensor_parallel > 1:  # the activations' assumption, said where it matters
+            alone = replace(s, sequence_parallel=False)
+            without = memory.per_gpu(spec, alone)["activations"] / memory.GB
+            self.label.value += (
+                f"<br>Activations assume sequence parallelism with the tensor parallelism; "
+                f"tensor parallelism alone would leave {without:,.1f} GB of them "
+                f"(not {self.parts['activations'] / memory.GB:,.1f})"
+            )
         self.fig = plots.memory_bar(self.parts, capacity, self.gpu.value)
         draw(self.image, self.fig)
 

@@ -71,14 +71,22 @@ def build(c: TrainConfig, env: DistEnv):
     torch.manual_seed(c.seed)  # the same initial weights on every rank (DDP broadcasts anyway)
     config = GPTConfig(c.block_size, 256, c.n_layer, c.n_head, c.n_embd, c.dropout)
     raw = GPT(config).to(env.device)
-    inner = torch.compile(raw) if c.compile else raw
-    if c.ddp == "torch":
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(
-            inner, device_ids=ids, bucket_cap_mb=c.bucket_cap_mb
-        )
-    else:
-        model = DistributedDataParallel(inner, bucket_cap_mb=c.bucket_cap_mb)
+    if c.compile:
+        # Each block on its own, not the whole model: compiled whole, backward is one fused
+        # node that hands every gradient over at its very end, and every bucket's all-reduce
+        # would start after backward instead of during it. Parameter names stay unchanged.
+        for block in raw.blocks:
+            block.compile()
+    # torch's DDP and ours, built by the same call; gradients live in the buckets (no copy).
+    wrap = (
+        torch.nn.parallel.DistributedDataParallel if c.ddp == "torch" else DistributedDataParallel
+    )
+    model = wrap(
+        raw,
+        device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+        bucket_cap_mb=c.bucket_cap_mb,
+        gradient_as_bucket_view=True,
+    )
     # Weight decay on matrices (weights, embeddings), not on biases and norms (nanoGPT's rule).
     params = [p for p in raw.parameters() if p.requires_grad]
     groups = [

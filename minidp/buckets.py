@@ -13,7 +13,6 @@ Distributed", VLDB 2020; its reducer.cpp): parameters in reverse order, a small 
 one dtype and device per bucket, buckets launched in the same order on every rank.
 """
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,11 +61,6 @@ def assign_buckets(
         buckets[-1].append(i)
         size += nbytes
     return buckets
-
-
-def one_bucket_per_kind(params: list[Tensor]) -> list[list[int]]:
-    """As few buckets as there are runs of one dtype and device: no cap at all."""
-    return assign_buckets(params, math.inf, math.inf)
 
 
 def check_buckets(buckets: list[list[int]], params: list[Tensor]) -> list[list[int]]:
@@ -125,7 +119,7 @@ class Bucket:
             if as_view:
                 p.grad = view
             elif p.grad is None:
-                p.grad = view.clone(memory_format=torch.preserve_format)
+                p.grad = view.clone()
             else:
                 p.grad.copy_(view)
 
@@ -177,14 +171,8 @@ class Reducer:
 
     def gradient_ready(self, i: int) -> None:
         """Count parameter i's gradient into its bucket, and launch every bucket that can go."""
-        if self.ready[i]:
-            raise RuntimeError(
-                f"DistributedDataParallel: parameter {self.names[i]} got its gradient twice in "
-                "one backward, and its first part would be averaged without the second. "
-                "Reentrant activation checkpointing (torch.utils.checkpoint(..., "
-                "use_reentrant=True)) of a layer used more than once does this: use "
-                "use_reentrant=False"
-            )
+        if self.ready[i]:  # its first part would be averaged without the second
+            raise _ready_twice(self.names[i])
         self.ready[i] = True
         self.pending[self.bucket_of[i]] -= 1
         # A bucket that fills early waits for its predecessors: every rank must issue the same
@@ -228,11 +216,7 @@ class Reducer:
                 bucket.scatter(self.world_size, as_view, flags)
         self.reset()
         if missing:
-            raise RuntimeError(
-                f"DistributedDataParallel: {len(missing)} parameter(s) got no gradient in this "
-                f"backward: {', '.join(missing)}. Every parameter must take part in the loss, or "
-                "pass find_unused_parameters=True to average only what some rank used"
-            )
+            raise _no_gradient(missing)
 
     def record(self, kind: str, index: int = -1) -> None:
         if self.events is not None:
@@ -246,3 +230,20 @@ class Reducer:
         self.used.zero_()
         dist.all_reduce(used, group=self.process_group)
         return used.tolist()
+
+
+def _ready_twice(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"DistributedDataParallel: parameter {name} got its gradient twice in one backward, "
+        "and its first part would be averaged without the second. Reentrant activation "
+        "checkpointing (torch.utils.checkpoint(..., use_reentrant=True)) of a layer used more "
+        "than once does this: use use_reentrant=False"
+    )
+
+
+def _no_gradient(names: list[str]) -> RuntimeError:
+    return RuntimeError(
+        f"DistributedDataParallel: {len(names)} parameter(s) got no gradient in this backward: "
+        f"{', '.join(names)}. Every parameter must take part in the loss, or pass "
+        "find_unused_parameters=True to average only what some rank used"
+    )

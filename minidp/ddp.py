@@ -24,6 +24,7 @@ variant's rule. All have `no_sync()`, `finish_gradient_sync()` (the end of backw
 torch's DDP, nothing is read back from the device in forward or backward.
 """
 
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,9 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from minidp.buckets import Event, Reducer, assign_buckets, check_buckets, one_bucket_per_kind
-
-__all__ = ["AfterBackwardDDP", "DistributedDataParallel", "Event", "PerParameterDDP"]
+from minidp.buckets import Event, Reducer, assign_buckets, check_buckets
 
 
 def _weak_hook(ddp: "weakref.ref[DistributedDataParallel]", i: int) -> Callable:
@@ -227,4 +226,4 @@ class AfterBackwardDDP(DistributedDataParallel):
     overlap = False
 
     def _default_buckets(self) -> list[list[int]]:
-        return one_bucket_per_kind(self.params)
+        return assign_buckets(self.params, math.inf, math.inf)  # one per run of a dtype

@@ -72,21 +72,14 @@ def build(c: TrainConfig, env: DistEnv):
     config = GPTConfig(c.block_size, 256, c.n_layer, c.n_head, c.n_embd, c.dropout)
     raw = GPT(config).to(env.device)
     if c.compile:
-        # Each block on its own, not the whole model: compiled whole, backward is one fused
-        # node that hands every gradient over at its very end, and every bucket's all-reduce
-        # would start after backward instead of during it. Parameter names stay unchanged.
+        # Each block on its own: compiled whole, backward is one node that hands over every
+        # gradient at its very end, and no bucket could start its all-reduce during backward.
         for block in raw.blocks:
             block.compile()
-    # torch's DDP and ours, built by the same call; gradients live in the buckets (no copy).
-    wrap = (
-        torch.nn.parallel.DistributedDataParallel if c.ddp == "torch" else DistributedDataParallel
-    )
-    model = wrap(
-        raw,
-        device_ids=[env.local_rank] if env.device.type == "cuda" else None,
-        bucket_cap_mb=c.bucket_cap_mb,
-        gradient_as_bucket_view=True,
-    )
+    torch_ddp = torch.nn.parallel.DistributedDataParallel
+    wrap = torch_ddp if c.ddp == "torch" else DistributedDataParallel  # one call for both
+    ids = [env.local_rank] if env.device.type == "cuda" else None
+    model = wrap(raw, device_ids=ids, bucket_cap_mb=c.bucket_cap_mb, gradient_as_bucket_view=True)
     # Weight decay on matrices (weights, embeddings), not on biases and norms (nanoGPT's rule).
     params = [p for p in raw.parameters() if p.requires_grad]
     groups = [

@@ -168,7 +168,8 @@ class DistributedDataParallel(nn.Module):
             self.reducer.mark_used(i)
         if not self.require_sync:
             return  # inside no_sync(): the gradient stays here, and accumulates
-        _queue(self._ref)  # in case this backward did not start at our output
+        if not self._callback_queued:  # a backward that did not start at our output
+            _queue(self._ref)
         self.reducer.record("grad", i)
         self.reducer.gradient_ready(i)
 

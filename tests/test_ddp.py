@@ -44,6 +44,7 @@ WRAPPERS = {
     "torch": (nn.parallel.DistributedDataParallel, {}),
     "bucketed": (DistributedDataParallel, {}),
     "bucketed_halves": (DistributedDataParallel, {"buckets": _halves}),
+    "bucketed_ring": (DistributedDataParallel, {"all_reduce": ring_all_reduce}),  # no overlap
     "per_parameter": (PerParameterDDP, {}),
     "after_backward": (AfterBackwardDDP, {}),
     "after_backward_ring": (AfterBackwardDDP, {"all_reduce": ring_all_reduce}),

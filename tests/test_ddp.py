@@ -696,13 +696,17 @@ def _bad_arguments():
             DistributedDataParallel(model, **kwargs)
         except ValueError as e:
             said[label] = str(e)
-    ddp = DistributedDataParallel(model, buckets=[[3], [2], [1, 0]])
-    return said, ddp.buckets
+    ddp = DistributedDataParallel(model.float(), buckets=[[3], [2], [1, 0]])
+    ddp.events = []
+    ddp(torch.randn(2, 4)).sum().backward()
+    launched = [(e.index, e.kind) for e in ddp.events if e.kind in ("launch", "backward end")]
+    return said, ddp.buckets, launched
 
 
-def test_bad_arguments_are_one_clear_line():
-    said, buckets = minidp.launch(_bad_arguments, 1)[0]
+def test_bad_arguments_are_one_clear_line_and_good_buckets_are_used():
+    said, buckets, launched = minidp.launch(_bad_arguments, 1)[0]
     assert buckets == [[3], [2], [1, 0]]  # given buckets are kept, in launch order
+    assert launched == [(0, "launch"), (1, "launch"), (2, "launch"), (-1, "backward end")]
     assert "exactly once" in said["repeated"] and "[2]" in said["repeated"]
     assert "missing: [0]" in said["missing"]
     assert "mixes dtypes" in said["mixed dtypes"]

@@ -1,26 +1,30 @@
 """Data parallelism as torch's DistributedDataParallel does it, in three steps of sophistication.
 
-    model = DistributedDataParallel(model)          # drop-in for torch's DDP
-    loss = model(x).loss; loss.backward()           # gradients are averaged when this returns
-    optimizer.step()                                # so every replica takes the same step
+    model = DistributedDataParallel(model, device_ids=None, bucket_cap_mb=25)  # torch's call
+    loss = model(x).loss; loss.backward()    # gradients are averaged when this returns
+    optimizer.step()                         # so every replica takes the same step
 
 Every variant broadcasts rank 0's parameters and buffers at construction, so all replicas start
-equal, and averages gradients over the ranks during backward, so they stay equal.
+equal, and averages gradients over the ranks during backward, so they stay equal. They differ in
+how gradients are grouped into buckets (minidp.buckets) and when a bucket starts travelling:
 
-    AfterBackwardDDP          waits for the whole backward, then all-reduces every gradient in
-                              one flat buffer; can use one of minidp.collectives' algorithms.
-    PerParameterDDP           starts an asynchronous all-reduce of each gradient the moment
-                              autograd has produced it, overlapping communication with backward.
-    DistributedDataParallel   groups gradients into buckets of `bucket_cap_mb` and starts one
-                              all-reduce per full bucket: overlap, and few large messages.
+    AfterBackwardDDP          one bucket of every gradient, all-reduced once backward has ended:
+                              simple, no overlap.
+    PerParameterDDP           a bucket per parameter, all-reduced the moment autograd has
+                              produced its gradient: overlap, but one message per parameter.
+    DistributedDataParallel   buckets of `bucket_cap_mb`, each all-reduced as soon as it is
+                              full: overlap, and few large messages.
 
-All three share `no_sync()` for gradient accumulation and `finish_gradient_sync()`, which the
-end of backward calls. They follow torch's design (Li et al., "PyTorch Distributed: Experiences
-on Accelerating Data Parallel Training", VLDB 2020): buckets in reverse parameter order, launched
-strictly in order on every rank, a small first bucket, an end-of-backward callback.
+All three are built by torch's DDP's call (by keyword; its positional order differs after
+device_ids), plus two arguments of ours: `all_reduce=`, any function with the contract of
+dist.all_reduce such as minidp.collectives.ring_all_reduce (it then runs synchronously, without
+overlap), and `buckets=`, lists of indices into `ddp.params` in launch order, instead of the
+variant's rule. All have `no_sync()`, `finish_gradient_sync()` (the end of backward calls it),
+`remove_hooks()` and `events`, a timeline of `Event`s. With find_unused_parameters=False, as in
+torch's DDP, nothing is read back from the device in forward or backward.
 """
 
-import time
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,66 +34,124 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-# torch's DDP also caps its first bucket at 1 MB: the last layers' gradients, ready first, can
-# then start travelling while most of backward is still to run.
-FIRST_BUCKET_MB = 1.0
+from minidp.buckets import Event, Reducer, assign_buckets, check_buckets
 
 
-def _weak_hook(ddp: "weakref.ref[_DataParallel]") -> Callable[[Tensor], None]:
-    """A gradient hook that calls ddp._hook while that DDP exists, and does nothing after."""
+def _weak_hook(ddp: "weakref.ref[DistributedDataParallel]", i: int) -> Callable:
+    """Parameter i's gradient hook: calls ddp.post_accumulate_grad(i) while that DDP exists.
+
+    Through a weak reference: a hook holding the DDP itself would make parameter -> hook -> DDP
+    -> module -> parameter, a cycle through C++ that Python's collector cannot see, and no DDP
+    (with its buckets) would ever be freed.
+    """
 
     def hook(param: Tensor) -> None:
         alive = ddp()
         if alive is not None:
-            alive._hook(param)
+            alive.post_accumulate_grad(i)
 
     return hook
 
 
-class _DataParallel(nn.Module):
-    """What every variant shares: the start broadcast, the hooks, no_sync and the step's end."""
+def _tensors(output) -> Iterator[Tensor]:
+    """The tensors in a module's output: a tensor, or lists, tuples and dicts of them."""
+    if isinstance(output, Tensor):
+        yield output
+    elif isinstance(output, list | tuple):
+        for item in output:
+            yield from _tensors(item)
+    elif isinstance(output, dict):
+        for item in output.values():
+            yield from _tensors(item)
 
-    def __init__(self, module: nn.Module, group=None, broadcast_buffers: bool = True):
+
+class DistributedDataParallel(nn.Module):
+    """Bucketed gradient all-reduce, overlapped with backward: our drop-in for torch's DDP."""
+
+    overlap = True  # launch each bucket during backward, as soon as it is full
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device_ids: list[int | torch.device] | None = None,
+        process_group: dist.ProcessGroup | None = None,
+        bucket_cap_mb: float = 25.0,
+        find_unused_parameters: bool = False,
+        broadcast_buffers: bool = True,
+        gradient_as_bucket_view: bool = False,
+        *,
+        all_reduce: Callable | None = None,
+        buckets: list[list[int]] | None = None,
+    ):
         super().__init__()
+        _check_device_ids(module, device_ids)
         self.module = module
-        self.group = group
+        self.process_group = process_group
+        self.bucket_cap_mb = bucket_cap_mb
+        self.find_unused_parameters = find_unused_parameters
         self.broadcast_buffers = broadcast_buffers
-        self.world_size = dist.get_world_size(group)
+        self.gradient_as_bucket_view = gradient_as_bucket_view
         self.require_sync = True
         self._callback_queued = False
-        # Set `events = []` to record a timeline: (what, index, time.perf_counter()) tuples, what
-        # being "grad" (parameter index ready), "launch" or "done" (a bucket's all-reduce), or
-        # "backward end". perf_counter is one clock for all processes of a machine (Linux).
-        self.events: list[tuple[str, int, float]] | None = None
         # Parameters as the optimizer sees them: tied weights once, frozen ones not at all.
         self.params = [p for p in module.parameters() if p.requires_grad]
+        names = {p: name for name, p in module.named_parameters()}  # tensors hash by identity
         with torch.no_grad():
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t, src=self._global_rank(0), group=group)
-        self.index = {p: i for i, p in enumerate(self.params)}  # tensors hash by identity
-        # Through a weak reference: a hook holding the DDP itself would make parameter -> hook ->
-        # DDP -> module -> parameter, a cycle through C++ that Python's collector cannot see, and
-        # no DDP (with its buffers) would ever be freed. A freed DDP's hooks do nothing.
-        for p in self.params:
-            p.register_post_accumulate_grad_hook(_weak_hook(weakref.ref(self)))
+            for t in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(t, src=self._global_rank(0), group=process_group)
+        given = None if buckets is None else check_buckets(buckets, self.params)
+        self.buckets = self._default_buckets() if given is None else given
+        self.reducer = Reducer(
+            self.params,
+            [names[p] for p in self.params],
+            self.buckets,
+            process_group,
+            all_reduce or dist.all_reduce,
+            self.overlap,
+            find_unused_parameters,
+        )
+        self._ref = weakref.ref(self)
+        self._handles = [
+            p.register_post_accumulate_grad_hook(_weak_hook(self._ref, i))
+            for i, p in enumerate(self.params)
+        ]
+        weakref.finalize(self, _remove, self._handles)  # a freed DDP leaves no hook behind
+
+    def _default_buckets(self) -> list[list[int]]:
+        return assign_buckets(self.params, self.bucket_cap_mb)
 
     def _global_rank(self, rank: int) -> int:
-        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+        group = self.process_group
+        return rank if group is None else dist.get_global_rank(group, rank)
+
+    @property
+    def events(self) -> list[Event] | None:
+        """Set to [] to record a timeline of this DDP's Events; None records nothing."""
+        return self.reducer.events
+
+    @events.setter
+    def events(self, events: list[Event] | None) -> None:
+        self.reducer.events = events
 
     def forward(self, *args, **kwargs):
-        self._start_step()
+        # Forget what a backward that raised (OOM, a bad batch) left unfinished, so that the
+        # next backward synchronises again, as torch's DDP does in its forward.
+        self.reducer.reset()
+        self._callback_queued = False
         if self.broadcast_buffers:
             # Like torch's DDP: rank 0's buffers (BatchNorm's running statistics) everywhere,
             # before every forward, or each replica would keep statistics of its own data.
             with torch.no_grad():
                 for b in self.module.buffers():
-                    dist.broadcast(b, src=self._global_rank(0), group=self.group)
-        return self.module(*args, **kwargs)
-
-    def _start_step(self) -> None:
-        """Forget any bookkeeping a backward left unfinished (it raised: OOM, a bad batch), so
-        that the next backward synchronises again, as torch's DDP does in its forward."""
-        self._callback_queued = False
+                    dist.broadcast(b, src=self._global_rank(0), group=self.process_group)
+        output = self.module(*args, **kwargs)
+        # Backward reaches the output first, in the outermost backward pass even where
+        # checkpointed layers run backward passes of their own inside it: the end of that
+        # outermost pass is the one to wait for (torch's DDP hooks its _DDPSink there).
+        for t in _tensors(output):
+            if t.grad_fn is not None:
+                t.grad_fn.register_prehook(lambda grads, ref=self._ref: _queue(ref))
+        return output
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -100,201 +162,69 @@ class _DataParallel(nn.Module):
         finally:
             self.require_sync = previous
 
-    def _hook(self, param: Tensor) -> None:
-        """Runs when autograd has accumulated `param`'s gradient for this backward pass."""
+    def post_accumulate_grad(self, i: int) -> None:
+        """What parameter i's hook runs, once autograd has accumulated its gradient."""
+        if self.find_unused_parameters:
+            self.reducer.mark_used(i)
         if not self.require_sync:
-            return
-        if not self._callback_queued:
-            # The end of backward has no public hook: like torch's DDP (reducer.cpp), queue a
-            # callback on the autograd engine, run once the whole graph has been processed.
-            torch.autograd.Variable._execution_engine.queue_callback(self.finish_gradient_sync)
-            self._callback_queued = True
-        self._record("grad", self.index[param])
-        self._grad_ready(param)
-
-    def _record(self, what: str, index: int) -> None:
-        if self.events is not None:
-            self.events.append((what, index, time.perf_counter()))
-
-    def _grad_ready(self, param: Tensor) -> None:
-        """A variant's reaction to one ready gradient (nothing, for after-backward)."""
+            return  # inside no_sync(): the gradient stays here, and accumulates
+        if not self._callback_queued:  # a backward that did not start at our output
+            _queue(self._ref)
+        self.reducer.record("grad", i)
+        self.reducer.gradient_ready(i)
 
     def finish_gradient_sync(self) -> None:
         """Wait until every gradient is averaged; the end of each synchronised backward calls it."""
-        raise NotImplementedError
-
-    def _flatten(self, params: list[Tensor], buffer: Tensor) -> None:
-        """Copy gradients into buffer, followed by one used-flag per parameter.
-
-        A parameter the forward pass did not use has no gradient: it contributes zeros, and a
-        flag of 0. Summed over ranks, a flag of 0 means no rank used it, and its gradient stays
-        None, exactly as in a single process; the flags ride in the same all-reduce, for free.
-        """
-        offset, flags = 0, []
-        for p in params:
-            n = p.numel()
-            if p.grad is None:
-                buffer[offset : offset + n].zero_()
-            else:
-                buffer[offset : offset + n].copy_(p.grad.reshape(-1))  # any memory layout
-            flags.append(float(p.grad is not None))
-            offset += n
-        buffer[offset:] = torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)
-
-    def _unflatten(self, params: list[Tensor], buffer: Tensor) -> None:
-        """Write the summed buffer back as averaged gradients."""
-        offset, used = 0, buffer[-len(params) :].tolist()
-        for p, flag in zip(params, used, strict=True):
-            n = p.numel()
-            if flag > 0:
-                grad = buffer[offset : offset + n].view_as(p) / self.world_size
-                if p.grad is None:
-                    p.grad = grad
-                else:
-                    p.grad.copy_(grad)
-            offset += n
-
-
-def _flat_size(params: list[Tensor]) -> int:
-    return sum(p.numel() for p in params) + len(params)  # gradients, then one flag each
-
-
-class AfterBackwardDDP(_DataParallel):
-    """All-reduce all gradients at once when backward has finished: simple, no overlap.
-
-    `all_reduce` may be any function with the contract of dist.all_reduce(tensor), for example
-    minidp.collectives.ring_all_reduce.
-    """
-
-    def __init__(
-        self,
-        module: nn.Module,
-        group=None,
-        all_reduce: Callable | None = None,
-        broadcast_buffers: bool = True,
-    ):
-        super().__init__(module, group, broadcast_buffers)
-        self.all_reduce = all_reduce or dist.all_reduce
-        dtypes = {p.dtype for p in self.params}
-        assert len(dtypes) <= 1, "AfterBackwardDDP flattens all gradients: one dtype only"
-
-    def finish_gradient_sync(self) -> None:
         self._callback_queued = False
-        self._record("backward end", -1)
-        if not self.params:
-            return
-        p0 = self.params[0]
-        buffer = torch.empty(_flat_size(self.params), dtype=p0.dtype, device=p0.device)
-        self._flatten(self.params, buffer)
-        self._record("launch", 0)
-        self.all_reduce(buffer, group=self.group)
-        self._record("done", 0)
-        self._unflatten(self.params, buffer)
+        self.reducer.record("backward end")
+        self.reducer.finish(self.gradient_as_bucket_view)
+
+    def remove_hooks(self) -> None:
+        """Take this DDP's hooks off the parameters: it no longer averages anything."""
+        _remove(self._handles)
 
 
-class DistributedDataParallel(_DataParallel):
-    """Bucketed gradient all-reduce, overlapped with backward: our drop-in for torch's DDP."""
+def _queue(ref: "weakref.ref[DistributedDataParallel]") -> None:
+    """Queue ddp.finish_gradient_sync for the end of the backward pass now running, once."""
+    ddp = ref()
+    if ddp is None or not ddp.require_sync or ddp._callback_queued:
+        return
+    # The end of backward has no public hook: like torch's DDP (reducer.cpp), queue a callback
+    # on the autograd engine, run once the whole graph has been processed.
+    torch.autograd.Variable._execution_engine.queue_callback(ddp.finish_gradient_sync)
+    ddp._callback_queued = True
 
-    def __init__(
-        self, module: nn.Module, bucket_cap_mb: float = 25.0, group=None, broadcast_buffers=True
-    ):
-        super().__init__(module, group, broadcast_buffers)
-        self.buckets = self._make_buckets(bucket_cap_mb)
-        self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
-        self.bucket_buffers = [
-            torch.empty(_flat_size(b), dtype=b[0].dtype, device=b[0].device) for b in self.buckets
-        ]
-        # Each parameter's place in its bucket, shaped like the parameter.
-        self.views, offsets = {}, [0] * len(self.buckets)
-        for p, i in self.bucket_of.items():
-            self.views[p] = self.bucket_buffers[i][offsets[i] : offsets[i] + p.numel()].view_as(p)
-            offsets[i] += p.numel()
-        self._reset()
 
-    def _make_buckets(self, cap_mb: float) -> list[list[Tensor]]:
-        """Parameters in reverse order, cut into buckets of about cap_mb, one dtype and device each.
+def _remove(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
 
-        Reverse, because backward produces the last layer's gradients first; a bucket of the
-        last layers is full, and can start its all-reduce, while the first layers still compute.
-        """
-        buckets, size, cap, kind = [], 0, min(FIRST_BUCKET_MB, cap_mb) * 2**20, None
-        for p in reversed(self.params):
-            nbytes = p.numel() * p.element_size()
-            if not buckets or size + nbytes > cap or (p.dtype, p.device) != kind:
-                if buckets:
-                    cap = cap_mb * 2**20
-                buckets.append([])
-                size, kind = 0, (p.dtype, p.device)
-            buckets[-1].append(p)
-            size += nbytes
-        return buckets
 
-    def _flatten(self, params: list[Tensor], buffer: Tensor) -> None:
-        """Gradients into the bucket (with the used-flags, as in _DataParallel._flatten), except
-        those that already are their views in it, as _unflatten leaves them."""
-        for p in params:
-            view = self.views[p]
-            if p.grad is None:
-                view.zero_()
-            elif p.grad.data_ptr() != view.data_ptr():
-                view.copy_(p.grad)
-        flags = [float(p.grad is not None) for p in params]
-        buffer[-len(params) :] = torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)
-
-    def _unflatten(self, params: list[Tensor], buffer: Tensor) -> None:
-        """Average in place, and make each gradient a view of the bucket: no copy back (torch's
-        DDP does the same with gradient_as_bucket_view=True). The next backward accumulates
-        into the views directly when the gradients are zeroed rather than set to None."""
-        buffer.div_(self.world_size)
-        for p, flag in zip(params, buffer[-len(params) :].tolist(), strict=True):
-            p.grad = self.views[p] if flag > 0 else None
-
-    def _start_step(self) -> None:
-        super()._start_step()
-        for work in self.works:  # launched on every rank alike, so these finish
-            work.wait()
-        self._reset()
-
-    def _reset(self) -> None:
-        self.pending = [len(b) for b in self.buckets]  # gradients each bucket still waits for
-        self.next_bucket = 0  # buckets start in this order on every rank, whatever the timing
-        self.works: list = []
-
-    def _grad_ready(self, param: Tensor) -> None:
-        self.pending[self.bucket_of[param]] -= 1
-        # A bucket that fills early waits for its predecessors: every rank must issue the same
-        # all-reduces in the same order, or gloo would pair one rank's bucket 3 with another's 2.
-        while self.next_bucket < len(self.buckets) and self.pending[self.next_bucket] == 0:
-            self._launch(self.next_bucket)
-
-    def _launch(self, i: int) -> None:
-        self._flatten(self.buckets[i], self.bucket_buffers[i])
-        self._record("launch", i)
-        work = dist.all_reduce(self.bucket_buffers[i], group=self.group, async_op=True)
-        if self.events is not None:  # stamped on gloo's thread the moment the data is summed
-            work.get_future().then(lambda _, i=i: self._record("done", i))
-        self.works.append(work)
-        self.next_bucket += 1
-
-    def finish_gradient_sync(self) -> None:
-        self._callback_queued = False
-        self._record("backward end", -1)
-        # Buckets holding a parameter this rank did not use never filled: launch them now, in
-        # order, with zeros for the missing gradients.
-        while self.next_bucket < len(self.buckets):
-            self._launch(self.next_bucket)
-        for i, work in enumerate(self.works):
-            work.wait()
-            self._unflatten(self.buckets[i], self.bucket_buffers[i])
-        self._reset()
+def _check_device_ids(module: nn.Module, device_ids: list | None) -> None:
+    """device_ids, as in torch's DDP: None, or the one GPU that holds the whole module."""
+    if device_ids is None:
+        return
+    devices = {p.device for p in module.parameters()}
+    gpus = [torch.device("cuda", d) if isinstance(d, int) else torch.device(d) for d in device_ids]
+    if len(gpus) != 1 or devices != set(gpus):
+        raise ValueError(
+            f"device_ids={device_ids} must name the one GPU that holds the module (its "
+            f"parameters are on {sorted(map(str, devices))}); leave it None for CPU modules"
+        )
 
 
 class PerParameterDDP(DistributedDataParallel):
-    """One asynchronous all-reduce per parameter, started as soon as its gradient is ready.
+    """One all-reduce per parameter, started as soon as its gradient is ready: maximal overlap,
+    but one message per parameter, each paying the network's fixed cost (alpha)."""
 
-    The bucketed DDP with buckets of one parameter each: maximal overlap, but one message per
-    parameter, each paying the network's fixed cost (alpha).
-    """
+    def _default_buckets(self) -> list[list[int]]:
+        return [[i] for i in reversed(range(len(self.params)))]
 
-    def __init__(self, module: nn.Module, group=None, broadcast_buffers: bool = True):
-        super().__init__(module, 0.0, group, broadcast_buffers)
+
+class AfterBackwardDDP(DistributedDataParallel):
+    """Every gradient in one bucket (one per dtype), all-reduced when backward has ended."""
+
+    overlap = False
+
+    def _default_buckets(self) -> list[list[int]]:
+        return assign_buckets(self.params, math.inf, math.inf)  # one per run of a dtype

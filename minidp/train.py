@@ -76,14 +76,15 @@ def build(c: TrainConfig, env: DistEnv):
     torch.manual_seed(c.seed)  # the same initial weights on every rank (DDP broadcasts anyway)
     config = GPTConfig(c.block_size, 256, c.n_layer, c.n_head, c.n_embd, c.dropout)
     raw = GPT(config).to(env.device)
-    inner = torch.compile(raw) if c.compile else raw
-    if c.ddp == "torch":
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(
-            inner, device_ids=ids, bucket_cap_mb=c.bucket_cap_mb
-        )
-    else:
-        model = DistributedDataParallel(inner, bucket_cap_mb=c.bucket_cap_mb)
+    if c.compile:
+        # Each block on its own: compiled whole, backward is one node that hands over every
+        # gradient at its very end, and no bucket could start its all-reduce during backward.
+        for block in raw.blocks:
+            block.compile()
+    torch_ddp = torch.nn.parallel.DistributedDataParallel
+    wrap = torch_ddp if c.ddp == "torch" else DistributedDataParallel  # one call for both
+    ids = [env.local_rank] if env.device.type == "cuda" else None
+    model = wrap(raw, device_ids=ids, bucket_cap_mb=c.bucket_cap_mb, gradient_as_bucket_view=True)
     # Weight decay on matrices (weights, embeddings), not on biases and norms (nanoGPT's rule).
     groups = decay_groups(raw, c.weight_decay)
     adamw = dict(lr=c.lr, betas=(0.9, 0.95), fused=env.device.type == "cuda")  # one kernel on GPUs

@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 from checking import assert_hint, stub, verdict
 
-from minidp.collectives import ring_all_reduce
 from minidp.course import checks
 from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
@@ -124,12 +123,12 @@ def test_broadcast_parameters_recognises_mistakes(fn, words):
     assert_hint("07.broadcast_parameters", fn, words)
 
 
-# ---- 07.average_gradients
+# ---- 07.average_gradients: each takes the all-reduce to use, as the exercise asks
 
 
-def average_flat(params):
+def average_flat(params, all_reduce=dist.all_reduce):
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
     for p in params:
@@ -137,40 +136,47 @@ def average_flat(params):
         offset += p.numel()
 
 
-def average_flat_torch_utils(params):
+def average_flat_torch_utils(params, all_reduce=dist.all_reduce):
     grads = [p.grad for p in params]
     flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
+    all_reduce(flat)
     for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
         g.copy_(avg / dist.get_world_size())
 
 
-def average_flat_with_our_ring(params):  # any all-reduce with dist.all_reduce's contract will do
+def average_flat_split(params, all_reduce=dist.all_reduce):  # new gradients, not copies into them
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    ring_all_reduce(flat)
+    all_reduce(flat)
     for p, avg in zip(params, flat.split([p.numel() for p in params]), strict=True):
         p.grad = avg.view_as(p) / dist.get_world_size()
 
 
-def average_per_parameter(params):
+def average_flat_with_dist_all_reduce(params, all_reduce=dist.all_reduce):  # ignores the argument
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    for p, avg in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad = avg.view_as(p) / dist.get_world_size()
+
+
+def average_per_parameter(params, all_reduce=dist.all_reduce):
     for p in params:
-        dist.all_reduce(p.grad)
+        all_reduce(p.grad)
         p.grad /= dist.get_world_size()
 
 
-def sum_flat(params):
+def sum_flat(params, all_reduce=dist.all_reduce):
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     offset = 0
     for p in params:
         p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
 
 
-def average_flat_twice(params):
+def average_flat_twice(params, all_reduce=dist.all_reduce):
     K = dist.get_world_size()
     flat = torch.cat([p.grad.reshape(-1) / K for p in params])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     flat /= K
     offset = 0
     for p in params:
@@ -178,9 +184,9 @@ def average_flat_twice(params):
         offset += p.numel()
 
 
-def average_flat_by_two(params):  # tested on 2 workers, where it happened to work
+def average_flat_by_two(params, all_reduce=dist.all_reduce):  # tested on 2 workers, where it worked
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     flat /= 2
     offset = 0
     for p in params:
@@ -188,21 +194,21 @@ def average_flat_by_two(params):  # tested on 2 workers, where it happened to wo
         offset += p.numel()
 
 
-def average_flat_not_copied_back(params):
+def average_flat_not_copied_back(params, all_reduce=dist.all_reduce):
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     flat /= dist.get_world_size()
 
 
-def average_nothing(params):
+def average_nothing(params, all_reduce=dist.all_reduce):
     for p in params:
         p.grad = p.grad * 1.0
 
 
-def average_matrices_only(params):
+def average_matrices_only(params, all_reduce=dist.all_reduce):
     weights = [p for p in params if p.dim() >= 2]
     flat = torch.cat([p.grad.reshape(-1) for p in weights])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
     for p in weights:
@@ -210,7 +216,11 @@ def average_matrices_only(params):
         offset += p.numel()
 
 
-@pytest.mark.parametrize("fn", [average_flat, average_flat_torch_utils, average_flat_with_our_ring])
+def average_without_the_argument(params):  # the exercise's signature before it took all_reduce
+    average_flat(params)
+
+
+@pytest.mark.parametrize("fn", [average_flat, average_flat_torch_utils, average_flat_split])
 def test_average_gradients_accepts_correct_answers(fn):
     assert verdict("07.average_gradients", fn) == (CORRECT, "")
 
@@ -218,22 +228,24 @@ def test_average_gradients_accepts_correct_answers(fn):
 @pytest.mark.parametrize(
     ("fn", "words"),
     [
-        (average_per_parameter, "called dist.all_reduce 4 times"),
+        (average_per_parameter, "called all_reduce 4 times"),
+        (average_flat_with_dist_all_reduce, "not through the all_reduce your function is given"),
         (sum_flat, "divide by the world size"),
         (average_flat_twice, "divided by K twice"),
         (average_flat_by_two, "divided by 2"),
         (average_flat_not_copied_back, "copy each slice"),
         (average_nothing, "all-reduce them"),
         (average_matrices_only, "only some parameters"),
+        (average_without_the_argument, "TypeError"),
     ],
 )
 def test_average_gradients_recognises_mistakes(fn, words):
     assert_hint("07.average_gradients", fn, words)
 
 
-def rank_zero_only(params):
+def rank_zero_only(params, all_reduce=dist.all_reduce):
     if dist.get_rank() == 0:
-        average_flat(params)
+        average_flat(params, all_reduce)
 
 
 def test_a_deadlock_is_a_verdict_in_seconds():
@@ -244,7 +256,9 @@ def test_a_deadlock_is_a_verdict_in_seconds():
 
 
 def test_a_crash_in_a_worker_is_incorrect_with_the_error(capsys):
-    status, hint = verdict("07.average_gradients", lambda params: params[0].grad.view(5, 5))
+    status, hint = verdict(
+        "07.average_gradients", lambda params, all_reduce: params[0].grad.view(5, 5)
+    )
     assert status == INCORRECT and "RuntimeError" in hint
     assert "view" in capsys.readouterr().out  # the worker's traceback is printed for the learner
 
@@ -592,6 +606,7 @@ def test_the_hints_of_each_checker_differ():
         ],
         "07.average_gradients": [
             average_per_parameter,
+            average_flat_with_dist_all_reduce,
             sum_flat,
             average_flat_twice,
             average_flat_by_two,

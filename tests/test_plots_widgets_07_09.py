@@ -5,8 +5,6 @@ A figure is checked by what it holds (lines, bars, labels); a widget by setting 
 from a real run's events, so that it keeps up with what minidp.ddp records.
 """
 
-import time
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,6 +17,7 @@ from matplotlib.patches import Rectangle
 import minidp
 from minidp import data, model
 from minidp.course import plots, widgets
+from minidp.ddp import Event
 
 
 def bars(ax) -> list[Rectangle]:
@@ -41,17 +40,20 @@ def test_replica_gaps_draws_one_line_per_run_and_the_tolerance():
 # ---- 08: synthetic traces, then a real one
 
 
-def trace(t0: float, buckets: int, ddp: bool = True) -> list[tuple]:
+def trace(t0: float, buckets: int, ddp: bool = True) -> list[Event]:
     """One rank's step: forward 10 ms, backward 20 ms with a gradient and a bucket every 5 ms,
     the wait for the last bucket, and a 3 ms optimizer step."""
     ms = lambda x: t0 + x / 1e3
-    events = [("forward", -1, ms(0)), ("backward", -1, ms(10))]
+    events = [Event("forward", -1, ms(0)), Event("backward", -1, ms(10))]
     if ddp:
         for i in range(buckets):
-            events += [("grad", i, ms(12 + 5 * i)), ("launch", i, ms(12 + 5 * i))]
-            events.append(("done", i, ms(16 + 5 * i)))
-        events.append(("backward end", -1, ms(30)))
-    return events + [("step", -1, ms(31 + 2 * buckets)), ("end", -1, ms(34 + 2 * buckets))]
+            events += [Event("grad", i, ms(12 + 5 * i)), Event("launch", i, ms(12 + 5 * i))]
+            events.append(Event("done", i, ms(16 + 5 * i)))
+        events.append(Event("backward end", -1, ms(30)))
+    return events + [
+        Event("step", -1, ms(31 + 2 * buckets)),
+        Event("end", -1, ms(34 + 2 * buckets)),
+    ]
 
 
 def test_step_seconds_spans_all_ranks():
@@ -104,13 +106,11 @@ def _real_traces():
     steps = []
     for _ in range(2):
         dist.barrier()
-        ddp.events = []
-        ddp.events.append(("forward", -1, time.perf_counter()))
+        ddp.events = [Event("forward")]  # the time of an Event is when it is made
         loss = ddp(idx[:, :-1], idx[:, 1:])[1]
-        ddp.events.append(("backward", -1, time.perf_counter()))
+        ddp.events.append(Event("backward"))
         loss.backward()
-        ddp.events.append(("step", -1, time.perf_counter()))
-        ddp.events.append(("end", -1, time.perf_counter()))
+        ddp.events += [Event("step"), Event("end")]
         steps.append(ddp.events)
     return steps, len(ddp.buckets)
 
@@ -120,7 +120,7 @@ def test_ddp_timeline_draws_a_real_run():
     n_buckets = per_rank[0][1]
     ranks = plots.fastest_step([steps for steps, _ in per_rank])
     for rank_trace in ranks:
-        done = [i for what, i, _ in rank_trace if what == "done"]
+        done = [e.index for e in rank_trace if e.kind == "done"]
         assert sorted(done) == list(range(n_buckets))  # gloo's thread stamped every bucket
     fig = plots.ddp_timeline({"bucketed": ranks})
     assert len(bars(fig.axes[0])) == 2 * (3 + n_buckets)

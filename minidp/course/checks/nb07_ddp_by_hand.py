@@ -108,15 +108,16 @@ def _average_worker(fn: Callable) -> tuple[list[Tensor], int] | str:
     params = [torch.nn.Parameter(torch.zeros(shape)) for shape in _GRAD_SHAPES]
     for param, grad in zip(params, _rank_grads(dist.get_rank()), strict=True):
         param.grad = grad
-    # Count the learner's all-reduce calls: the exercise asks for one, whatever the number of
-    # parameters. Replacing the module attribute catches every `dist.all_reduce(...)` call.
-    calls, real = [], dist.all_reduce
-    dist.all_reduce = lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs)
-    try:
-        if learner_call(fn, params) is SKIPPED:
-            return SKIPPED
-    finally:
-        dist.all_reduce = real
+    # The learner's function all-reduces with the function it is given: this one counts its
+    # calls. The exercise asks for one, whatever the number of parameters.
+    calls = []
+
+    def counting_all_reduce(tensor: Tensor, *args, **kwargs):
+        calls.append(1)
+        return dist.all_reduce(tensor, *args, **kwargs)
+
+    if learner_call(fn, params, counting_all_reduce) is SKIPPED:
+        return SKIPPED
     return [param.grad.clone() for param in params], len(calls)
 
 
@@ -145,9 +146,16 @@ def _check_average_gradients(fn: Callable) -> CheckResult:
     if found == {"mean"}:
         if calls > 1:
             hint = (
-                f"the averages are right, but you called dist.all_reduce {calls} times, once per "
+                f"the averages are right, but you called all_reduce {calls} times, once per "
                 "parameter: each call pays the latency α. Copy all gradients into one flat buffer "
                 "(torch.cat), all-reduce it once, and copy the slices back"
+            )
+            return CheckResult(exercise, INCORRECT, hint)
+        if calls == 0:
+            hint = (
+                "the averages are right, but not through the all_reduce your function is given: "
+                "call all_reduce(buffer), not dist.all_reduce(buffer), so that any all-reduce "
+                "(notebook 06's ring, or the checker's, which counts the calls) can be passed in"
             )
             return CheckResult(exercise, INCORRECT, hint)
         return CheckResult(exercise, CORRECT)

@@ -1,5 +1,5 @@
 """Checkers of notebook 08, overlap and buckets: gradient hooks, and a bucket assignment run by
-a real DDP."""
+a real DDP (ours, given the learner's buckets through its `buckets=` argument)."""
 
 from collections.abc import Callable
 
@@ -183,30 +183,20 @@ def _bucket_structure(buckets, sizes: list[int], cap: int) -> str | None:
     return None
 
 
-class _AssignedDDP(DistributedDataParallel):
-    """Our DDP, with the buckets a learner's function assigns instead of its own."""
-
-    def __init__(self, module: torch.nn.Module, assign: Callable, cap: int):
-        self.assign, self.cap = assign, cap  # read by _make_buckets, which __init__ calls
-        super().__init__(module)
-
-    def _make_buckets(self, cap_mb: float) -> list[list[Tensor]]:
-        sizes = [p.numel() * p.element_size() for p in self.params]
-        return [[self.params[i] for i in bucket] for bucket in self.assign(sizes, self.cap)]
-
-
 def _buckets_worker(fn: Callable, cap: int) -> tuple[Tensor, list[str]]:
-    """One SGD step of a tiny GPT under DDP with fn's buckets: parameters and event order."""
+    """One SGD step of a tiny GPT under our DDP with fn's buckets: parameters and event order."""
     rank, K = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    ddp = _AssignedDDP(tiny_gpt().double(), fn, cap)
+    module = tiny_gpt().double()
+    sizes = [p.numel() * p.element_size() for p in module.parameters()]
+    ddp = DistributedDataParallel(module, buckets=fn(sizes, cap))
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.5)
     idx = torch.randint(256, (4, 9), generator=torch.Generator().manual_seed(1))
     mine = data.rank_slice(idx, rank, K)
     ddp.events = []
     ddp(mine[:, :-1], mine[:, 1:])[1].backward()
     optimizer.step()
-    events = [what for what, _, _ in ddp.events if what in ("launch", "backward end")]
+    events = [e.kind for e in ddp.events if e.kind in ("launch", "backward end")]
     return torch.nn.utils.parameters_to_vector(ddp.parameters()).detach(), events
 
 

@@ -52,7 +52,7 @@ def _accumulation_worker(fn: Callable) -> tuple[Tensor, int, int] | str:
     if learner_call(fn, ddp, optimizer, _micro_batches(rank, K)) is SKIPPED:
         return SKIPPED
     after = torch.nn.utils.parameters_to_vector(ddp.parameters()).detach()
-    launches = sum(1 for what, _, _ in ddp.events if what == "launch")
+    launches = sum(1 for event in ddp.events if event.kind == "launch")
     return after - before, launches, len(ddp.buckets)
 
 

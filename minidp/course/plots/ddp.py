@@ -5,6 +5,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from minidp.ddp import Event
+
 # ---- 07 DDP by hand
 
 
@@ -25,32 +27,32 @@ def replica_gaps(gaps: dict[str, Tensor], tolerance: float | None = None) -> Fig
 
 
 # ---- 08 overlap and buckets
-# A trace is one rank's list of (what, index, time.perf_counter()) tuples for one training step:
-# the DDP's own events ("grad", "launch", "done", "backward end"; see minidp.ddp) and the
-# worker's marks "forward", "backward", "step" and "end" at the start of each phase.
+# A trace is one rank's list of minidp.ddp.Event records for one training step: the DDP's own
+# ("grad", "launch", "done", "backward end") and the worker's marks "forward", "backward",
+# "step" and "end" at the start of each phase.
 
 PHASES = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:green"}
 
 
-def step_seconds(ranks: list[list[tuple]]) -> float:
+def step_seconds(ranks: list[list[Event]]) -> float:
     """How long one step took, given each rank's trace of it: first start to last end."""
-    start = min(t for trace in ranks for what, _, t in trace if what == "forward")
-    return max(t for trace in ranks for what, _, t in trace if what == "end") - start
+    start = min(e.time for trace in ranks for e in trace if e.kind == "forward")
+    return max(e.time for trace in ranks for e in trace if e.kind == "end") - start
 
 
-def fastest_step(steps: list[list[list[tuple]]]) -> list[list[tuple]]:
+def fastest_step(steps: list[list[list[Event]]]) -> list[list[Event]]:
     """The ranks' traces of the fastest step, from steps[rank][step]: on a shared machine, the
     step that other programs disturbed least."""
     by_step = [list(ranks) for ranks in zip(*steps, strict=True)]  # [step][rank]
     return min(by_step, key=step_seconds)
 
 
-def _phase_spans(trace: list[tuple]) -> dict[str, tuple[float, float]]:
+def _phase_spans(trace: list[Event]) -> dict[str, tuple[float, float]]:
     """(start, end) of forward, backward and optimizer step in one rank's trace."""
-    at = {what: t for what, _, t in trace if what in ("forward", "backward", "step", "end")}
+    at = {e.kind: e.time for e in trace if e.kind in ("forward", "backward", "step", "end")}
     # Backward's compute ends at the DDP's end-of-backward callback, before any wait for the
     # network; when it is missing (no DDP) it ends where the optimizer step starts.
-    end = next((t for what, _, t in trace if what == "backward end"), at["step"])
+    end = next((e.time for e in trace if e.kind == "backward end"), at["step"])
     return {
         "forward": (at["forward"], at["backward"]),
         "backward": (at["backward"], end),
@@ -58,24 +60,25 @@ def _phase_spans(trace: list[tuple]) -> dict[str, tuple[float, float]]:
     }
 
 
-def _draw_rank(ax, trace: list[tuple], row: float, t0: float) -> None:
+def _draw_rank(ax, trace: list[Event], row: float, t0: float) -> None:
     """Compute phases on the upper lane, each bucket's all-reduce on the lower one."""
     ms = lambda t: 1e3 * (t - t0)
     for phase, (start, end) in _phase_spans(trace).items():
         ax.barh(row + 0.25, ms(end) - ms(start), left=ms(start), height=0.4, color=PHASES[phase])
-    ready = [ms(t) for what, _, t in trace if what == "grad"]
+    ready = [ms(e.time) for e in trace if e.kind == "grad"]
     ax.plot(ready, [row + 0.25] * len(ready), "|", color="k", markersize=7, alpha=0.6)
-    launched = {i: t for what, i, t in trace if what == "launch"}
-    for what, i, t in trace:
-        if what == "done" and i in launched:
+    launched = {e.index: e.time for e in trace if e.kind == "launch"}
+    for e in trace:
+        if e.kind == "done" and e.index in launched:
             # Consecutive buckets alternate between two half-lanes, so that two in flight at
             # once stay visible instead of hiding each other.
+            i, start = e.index, launched[e.index]
             y = row - 0.35 + 0.2 * (i % 2)
             colour = "tab:red" if i % 2 else "tab:purple"
-            ax.barh(y, ms(t) - ms(launched[i]), left=ms(launched[i]), height=0.2, color=colour)
+            ax.barh(y, ms(e.time) - ms(start), left=ms(start), height=0.2, color=colour)
 
 
-def ddp_timeline(traces: dict[str, list[list[tuple]]], steps_ms: dict | None = None) -> Figure:
+def ddp_timeline(traces: dict[str, list[list[Event]]], steps_ms: dict | None = None) -> Figure:
     """One panel per variant: each rank's forward, backward (ticks: a gradient is ready) and
     optimizer step, and below them each bucket's all-reduce from launch to done; a shared time
     axis in ms from the first rank's start of the step."""
@@ -83,7 +86,7 @@ def ddp_timeline(traces: dict[str, list[list[tuple]]], steps_ms: dict | None = N
     fig = Figure(figsize=(9, 1.0 + 1.3 * rows), layout="constrained")
     axes = fig.subplots(len(traces), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (label, ranks) in zip(axes, traces.items(), strict=True):
-        t0 = min(t for trace in ranks for what, _, t in trace if what == "forward")
+        t0 = min(e.time for trace in ranks for e in trace if e.kind == "forward")
         for r, trace in enumerate(ranks):
             _draw_rank(ax, trace, len(ranks) - 1 - r, t0)
         ax.set_yticks(

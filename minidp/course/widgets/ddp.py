@@ -7,6 +7,7 @@ from torch import Tensor
 from minidp import linear
 from minidp.course import plots
 from minidp.course.widgets.core import draw
+from minidp.ddp import Event
 
 # ---- 08 overlap and buckets
 
@@ -18,7 +19,7 @@ class TimelineExplorer:
     after each update: `label`, `seconds` (that step's duration) and `fig`.
     """
 
-    def __init__(self, traces: dict[str, list[list[tuple]]], label: str | None = None):
+    def __init__(self, traces: dict[str, list[list[Event]]], label: str | None = None):
         self.traces = traces
         self.variant = W.SelectionSlider(
             options=list(traces),
@@ -36,8 +37,8 @@ class TimelineExplorer:
         self.label = self.variant.value
         ranks = self.traces[self.label]
         self.seconds = plots.step_seconds(ranks)
-        launches = sum(1 for what, _, _ in ranks[0] if what == "launch")
-        traced = any(what == "backward end" for what, _, _ in ranks[0])  # minidp's DDP syncing
+        launches = sum(1 for event in ranks[0] if event.kind == "launch")
+        traced = any(event.kind == "backward end" for event in ranks[0])  # minidp's DDP syncing
         comm = f"with {launches} all-reduce{'s' if launches != 1 else ''} per rank"
         if not traced:  # torch's DDP, or ours inside no_sync()
             comm = "its communication, if any, not traced"

@@ -1,6 +1,6 @@
 """Benchmarks: ours against torch's, side by side in one run. Not tests.
 
-    python -m minidp.bench allreduce     # our all-reduce algorithms vs dist.all_reduce
+    python -m minidp.bench allreduce     # our all-reduce algorithms (both rings) vs dist.all_reduce
     python -m minidp.bench ddp           # our DDP variants vs torch's DDP, on a small GPT
     python -m minidp.bench train         # trainer tokens/s at 1 and 2 CPU ranks
 
@@ -11,6 +11,7 @@ busbw = algbw * 2(p-1)/p, the rate each link must sustain, comparable across wor
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from minidp.collectives import ALGORITHMS, ring_all_reduce, timed
 from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
+from minidp.fast_ring import fast_ring_all_reduce
 from minidp.launch import launch
 from minidp.model import GPT, GPTConfig
 
@@ -27,33 +29,45 @@ SIZES = [4 << 10, 64 << 10, 512 << 10, 4 << 20, 32 << 20]
 
 def _allreduce_worker(sizes: list[int], repeats: int, warmup: int) -> dict:
     """Seconds of each all-reduce, per round: {size: {algorithm: [seconds, ...]}}."""
-    candidates = {"torch": dist.all_reduce, **ALGORITHMS}
-    medians = {}
+    candidates = {"torch": dist.all_reduce, **ALGORITHMS, "fast ring": fast_ring_all_reduce}
+    names, rounds = list(candidates), {}
     for size in sizes:
         x = torch.ones(size // 4)
         runs = {name: [] for name in candidates}
         for _ in range(warmup):
             for fn in candidates.values():
                 fn(x)
-        # Interleave algorithms so that a burst of noise on the machine hits all of them alike.
-        for _ in range(repeats):
-            for name, fn in candidates.items():
-                runs[name] += timed(lambda fn=fn, x=x: fn(x), 1)
-        medians[size] = runs
-    return medians
+        # Interleave algorithms so that a burst of noise on the machine hits all of them alike,
+        # each round starting with the next one, so that none always follows the same neighbour
+        # (whose traffic may still be draining from the sockets and caches).
+        for i in range(repeats):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                runs[name] += timed(lambda fn=candidates[name], x=x: fn(x), 1)
+        rounds[size] = runs
+    return rounds
 
 
 def _human(size: int) -> str:
     return f"{size >> 20} MB" if size >= 1 << 20 else f"{size >> 10} KB"
 
 
+def _size(text: str) -> int:
+    """'4KB' or '32MB' as bytes, for the command line."""
+    number, unit = text.upper()[:-2], text.upper()[-2:]
+    if unit not in ("KB", "MB") or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size such as 64KB or 4MB")
+    return int(number) << (10 if unit == "KB" else 20)
+
+
 def allreduce(world_size: int = 2, sizes: list[int] = SIZES, repeats: int = 50) -> dict:
     """Run the all-reduce benchmark and print its table; returns {size: {algorithm: seconds}}."""
     rounds = launch(_allreduce_worker, world_size, sizes, repeats, 3, timeout=300)[0]
     factor = 2 * (world_size - 1) / world_size
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"all-reduce, {world_size} ranks, gloo, float32, median of {repeats} rounds")
+    print(f"load average before: {load} (1, 5, 15 min) on {os.cpu_count()} cores")
     header = f"{'size':>7} {'algorithm':>9} {'time ms':>9} {'algbw GB/s':>11} {'busbw GB/s':>11}"
-    print(header + f" {'vs torch':>9}")
+    print(header + f" {'vs torch':>9} {'quartiles':>11}")
     medians = {}
     for size, by_name in rounds.items():
         medians[size] = {name: statistics.median(t) for name, t in by_name.items()}
@@ -61,12 +75,15 @@ def allreduce(world_size: int = 2, sizes: list[int] = SIZES, repeats: int = 50) 
             seconds = medians[size][name]
             algbw = size / seconds / 1e9
             # busbw ratio = inverse time ratio, taken within each round (the algorithms ran
-            # back to back, so a slow spell of the machine cancels out) and then the median.
-            ratio = statistics.median(t / s for t, s in zip(by_name["torch"], times, strict=True))
+            # back to back, so a slow spell of the machine cancels out) and then the median;
+            # its quartiles say how much the rounds disagree.
+            ratios = [t / s for t, s in zip(by_name["torch"], times, strict=True)]
+            low, ratio, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
             print(
                 f"{_human(size):>7} {name:>9} {seconds * 1e3:9.3f} {algbw:11.3f} "
-                f"{algbw * factor:11.3f} {ratio:8.2f}x"
+                f"{algbw * factor:11.3f} {ratio:8.2f}x {low:5.2f}-{high:4.2f}"
             )
+    print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return medians
 
 
@@ -186,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     ar = sub.add_parser("allreduce", help="our all-reduce algorithms vs dist.all_reduce")
     ar.add_argument("--world-size", type=int, default=2, help="worker processes (default 2)")
     ar.add_argument("--repeats", type=int, default=50, help="timed repeats per size (default 50)")
+    ar.add_argument(
+        "--sizes", nargs="+", type=_size, default=SIZES, help="e.g. 4KB 4MB (default 4KB to 32MB)"
+    )
     dp = sub.add_parser("ddp", help="our DDP variants vs torch's DDP on a GPT, 2 ranks")
     dp.add_argument("--layers", type=int, default=6, help="transformer blocks (default 6)")
     dp.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
@@ -198,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
     args = parser.parse_args(argv)
     if args.which == "allreduce":
-        allreduce(args.world_size, SIZES, args.repeats)
+        allreduce(args.world_size, args.sizes, args.repeats)
     elif args.which == "ddp":
         ddp(args.layers, args.width, args.batch, args.repeats)
     else:

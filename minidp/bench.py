@@ -61,9 +61,9 @@ def _size(text: str) -> int:
 
 def allreduce(world_size: int = 2, sizes: list[int] = SIZES, repeats: int = 50) -> dict:
     """Run the all-reduce benchmark and print its table; returns {size: {algorithm: seconds}}."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # the others' load, before ours
     rounds = launch(_allreduce_worker, world_size, sizes, repeats, 3, timeout=300)[0]
     factor = 2 * (world_size - 1) / world_size
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"all-reduce, {world_size} ranks, gloo, float32, median of {repeats} rounds")
     print(f"load average before: {load} (1, 5, 15 min) on {os.cpu_count()} cores")
     header = f"{'size':>7} {'algorithm':>9} {'time ms':>9} {'algbw GB/s':>11} {'busbw GB/s':>11}"

@@ -20,9 +20,10 @@ from minidp.collectives import Comm, run_all_reduce
 
 # A fast ring's chunk travels in pieces of at most this many bytes. Each piece is passed on as
 # soon as it has arrived and been added, so the next rank works while this one receives. Every
-# piece is a message, though, and gloo pays ~0.1 ms of CPU for one: on 2 cores, one piece per
-# chunk is fastest up to a few MB, and 4 MB pieces beat one whole 16 MB chunk.
-SEGMENT_BYTES = 4 << 20
+# piece is a message, though, and gloo pays ~0.1 ms of CPU for one. On 2 busy cores at 32 MB
+# (chunks of 16 MB), 2 MB pieces did best in paired runs: 1 MB ones cost more messages; 4, 8 and
+# 16 MB ones, likely, outgrow a core's 2.5 MB L2 cache and make a bigger buffer to fault in.
+SEGMENT_BYTES = 2 << 20
 
 
 def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT_BYTES) -> None:

@@ -49,7 +49,7 @@ def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT
             into = inbox[: piece.numel()] if reduce else piece  # all-gather: straight into place
             # Kept until the next receive: gloo wakes the waiting thread before its I/O thread has
             # let go of the buffer, and freeing the handle at once spins until it has
-            # (gloo/common/memory.h), which cost ~0.2 ms of CPU a call here.
+            # (gloo/common/memory.h), which cost 0.1-0.2 ms of CPU a call here.
             recv = comm.irecv(into, left)
             recv.wait()
             if reduce:

@@ -84,8 +84,9 @@ def run_all_reduce(algorithm, name: str, tensor: Tensor, group, record: list | N
     if comm.rank < 0 or comm.size == 1 or tensor.numel() == 0:
         return
     if dist.get_backend(group) == "nccl":
-        # Our rings post a send before the receive that matches it on the other rank, and wait
-        # for receives one by one: NCCL's blocking point-to-point calls would deadlock on that.
+        # NCCL runs a rank's sends and receives in order on one stream, and a send there waits for
+        # its receive: posted in the order these algorithms post them, they can wait on each other
+        # in a circle. On GPUs use dist.all_reduce (the course's algorithms are gloo's).
         raise NotImplementedError(f"minidp's {name} all-reduce runs on gloo, not NCCL")
     work = tensor if tensor.is_contiguous() else tensor.contiguous()
     algorithm(work.view(-1), comm)

@@ -28,22 +28,24 @@ SIZES = [4 << 10, 64 << 10, 512 << 10, 4 << 20, 32 << 20]
 
 
 def _allreduce_worker(sizes: list[int], repeats: int, warmup: int) -> dict:
-    """Seconds of each all-reduce, per round: {size: {algorithm: [seconds, ...]}}."""
-    candidates = {"torch": dist.all_reduce, **ALGORITHMS, "fast ring": fast_ring_all_reduce}
-    names, rounds = list(candidates), {}
+    """Seconds per round, {size: {algorithm: (torch's, ours)}}, each of ours paired with torch's."""
+    ours = {**ALGORITHMS, "fast ring": fast_ring_all_reduce}
+    rounds = {}
     for size in sizes:
-        x = torch.ones(size // 4)
-        runs = {name: [] for name in candidates}
-        for _ in range(warmup):
-            for fn in candidates.values():
+        x, rounds[size] = torch.ones(size // 4), {}
+        for name, fn in ours.items():
+            for _ in range(warmup):
+                dist.all_reduce(x)
                 fn(x)
-        # Interleave algorithms so that a burst of noise on the machine hits all of them alike,
-        # each round starting with the next one, so that none always follows the same neighbour
-        # (whose traffic may still be draining from the sockets and caches).
-        for i in range(repeats):
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                runs[name] += timed(lambda fn=candidates[name], x=x: fn(x), 1)
-        rounds[size] = runs
+            pair = {dist.all_reduce: [], fn: []}
+            # Each of ours runs in rounds with torch's and nothing else: another algorithm's
+            # buffers in between change how the heap serves this one's (the fast ring at 4 MB
+            # measured 0.77x beside another ring's, 0.88x alone with torch's). A burst of noise
+            # on the machine hits both of a round alike; which one goes first alternates.
+            for i in range(repeats):
+                for f in (dist.all_reduce, fn) if i % 2 == 0 else (fn, dist.all_reduce):
+                    pair[f] += timed(lambda f=f, x=x: f(x), 1)
+            rounds[size][name] = (pair[dist.all_reduce], pair[fn])
     return rounds
 
 
@@ -64,20 +66,27 @@ def allreduce(world_size: int = 2, sizes: list[int] = SIZES, repeats: int = 50) 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # the others' load, before ours
     rounds = launch(_allreduce_worker, world_size, sizes, repeats, 3, timeout=300)[0]
     factor = 2 * (world_size - 1) / world_size
-    print(f"all-reduce, {world_size} ranks, gloo, float32, median of {repeats} rounds")
+    print(
+        f"all-reduce, {world_size} ranks, gloo, float32; each of ours in {repeats} rounds with "
+        "torch's, medians"
+    )
     print(f"load average before: {load} (1, 5, 15 min) on {os.cpu_count()} cores")
     header = f"{'size':>7} {'algorithm':>9} {'time ms':>9} {'algbw GB/s':>11} {'busbw GB/s':>11}"
     print(header + f" {'vs torch':>9} {'quartiles':>11}")
     medians = {}
     for size, by_name in rounds.items():
-        medians[size] = {name: statistics.median(t) for name, t in by_name.items()}
-        for name, times in by_name.items():
+        every_torch = [t for torch_times, _ in by_name.values() for t in torch_times]
+        medians[size] = {"torch": statistics.median(every_torch)}
+        rows = {"torch": (every_torch, every_torch)}
+        for name, (torch_times, times) in by_name.items():
+            medians[size][name], rows[name] = statistics.median(times), (torch_times, times)
+        for name, (torch_times, times) in rows.items():
             seconds = medians[size][name]
             algbw = size / seconds / 1e9
-            # busbw ratio = inverse time ratio, taken within each round (the algorithms ran
-            # back to back, so a slow spell of the machine cancels out) and then the median;
-            # its quartiles say how much the rounds disagree.
-            ratios = [t / s for t, s in zip(by_name["torch"], times, strict=True)]
+            # busbw ratio = inverse time ratio, taken within each round (the two ran back to
+            # back, so a slow spell of the machine cancels out) and then the median; its
+            # quartiles say how much the rounds disagree.
+            ratios = [t / s for t, s in zip(torch_times, times, strict=True)]
             low, ratio, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
             print(
                 f"{_human(size):>7} {name:>9} {seconds * 1e3:9.3f} {algbw:11.3f} "

@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="which", required=True)
     ar = sub.add_parser("allreduce", help="our all-reduce algorithms vs dist.all_reduce")
     ar.add_argument("--world-size", type=int, default=2, help="worker processes (default 2)")
-    ar.add_argument("--repeats", type=int, default=50, help="timed repeats per size (default 50)")
+    ar.add_argument(
+        "--repeats", type=int, default=50, help="rounds per size and algorithm (default 50)"
+    )
     ar.add_argument(
         "--sizes", nargs="+", type=_size, default=SIZES, help="e.g. 4KB 4MB (default 4KB to 32MB)"
     )

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 import minidp
 from minidp import WorkerError, launch, read_env
+from minidp.workers import GRACE_S
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -92,6 +93,19 @@ def test_a_worker_killed_by_a_signal_is_reported():
 
     with pytest.raises(WorkerError, match="SIGKILL"):
         launch(die, 2)
+
+
+def test_a_worker_killed_while_a_child_holds_its_pipes_is_reported():
+    def die_leaving_a_child():
+        if os.fork() == 0:  # a forked child holds copies of every pipe its parent had
+            time.sleep(60)
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="SIGKILL"):
+        launch(die_leaving_a_child, 1)
+    assert time.monotonic() - start < 10
 
 
 def test_interrupting_the_caller_ends_the_workers():
@@ -213,6 +227,22 @@ def test_fds_and_threads_stay_flat_over_failing_launches(monkeypatch):
     for i in range(20):
         failing_launch(i)
     assert (me.num_fds(), me.num_threads(), threading.active_count()) == before
+
+
+def test_a_child_that_leaves_the_group_is_out_of_reach_but_holds_nothing_up():
+    def start_a_session() -> int:  # the child inherits stdout: the worker's output pipe
+        return subprocess.Popen(["sleep", "60"], start_new_session=True).pid
+
+    launch(os.getpid, 1)
+    fds = psutil.Process().num_fds()
+    start = time.monotonic()
+    (escaped,) = launch(start_a_session, 1)
+    try:
+        assert time.monotonic() - start < GRACE_S + 3  # the pipe it holds is not waited for
+        assert psutil.Process().num_fds() == fds  # and is closed here all the same
+        assert alive(escaped)  # what minidp.course.grading's subreaper is for
+    finally:
+        os.kill(escaped, signal.SIGKILL)
 
 
 def test_a_function_may_end_its_own_process_group():

@@ -13,18 +13,21 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import psutil
 import pytest
+import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from minidp import linear
 from minidp.course import assignments, grading
 from minidp.course.assignments import CODE_STUB, strip_solutions, student_notebook
-from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED, same, transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -423,24 +426,102 @@ def test_a_forged_grade_is_zero(tmp_path, forgery):
     assert graded["score"] == 0 and graded["max_score"] == 2, graded["exercises"]
 
 
-def test_output_is_capped_and_a_huge_print_is_not_held(tmp_path):
-    # 40 MB in one message, then 3 MB in small ones: neither is kept in the grader's memory.
-    prints = 'print("x" * 40_000_000)\nfor _ in range(300):\n    print("y" * 10_000)'
-    path = synthetic(tmp_path, "01_loss.ipynb", prints)
-    grading.grade(path, limit_s=60)  # what a first grade loads stays loaded
-    me, peak, done = psutil.Process(), [0], threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.005):
-            peak[0] = max(peak[0], me.memory_info().rss)
-
-    watcher = threading.Thread(target=watch)
-    before = me.memory_info().rss
-    watcher.start()
+def peak_bytes(path: Path) -> tuple[dict, int]:
+    """The grade of `path`, and the most memory the grader's Python objects took meanwhile."""
+    tracemalloc.start()
     try:
-        graded = grading.grade(path, limit_s=60)
+        return grading.grade(path, limit_s=60), tracemalloc.get_traced_memory()[1]
     finally:
-        done.set()
-        watcher.join()
-    assert graded["outcome"] == "ran to the end" and graded["score"] == 2
-    assert peak[0] - before < 20e6, f"the grader took {(peak[0] - before) / 1e6:.0f} MB more"
+        tracemalloc.stop()
+
+
+def test_output_is_capped_and_a_huge_print_is_not_held(tmp_path):
+    # 30 MB in small messages (a long training log), or 40 MB in one: neither is held in the
+    # grader's memory. zmq drops the large one, and that kernel's output from then on.
+    many = 'for _ in range(300):\n    print("y" * 100_000, flush=True)'
+    paths = [
+        synthetic(tmp_path / name, "01_loss.ipynb", cell)
+        for name, cell in [
+            ("quiet", "print('hello')"),
+            ("many", many),
+            ("huge", 'print("x" * 40_000_000)'),
+        ]
+    ]
+    peak_bytes(paths[0])  # what a first grade imports is not counted
+    (_, calm), *noisy = [peak_bytes(path) for path in paths]
+    for graded, peak in noisy:
+        assert graded["outcome"] == "ran to the end" and graded["score"] == 2
+        assert peak - calm < 5e6, f"the grader held {(peak - calm) / 1e6:.0f} MB more"
+
+
+# ---- transcripts: what crosses from a submission to the grader
+
+
+def crossed(value):
+    """value as the grader receives it: encoded, sent as JSON text, decoded."""
+    return transcript.decode(json.loads(json.dumps(transcript.encode(value))))
+
+
+def test_answers_cross_as_plain_data_and_arrive_equal():
+    tensors = [
+        torch.randn(3, 4, dtype=torch.float64).T,  # not contiguous
+        torch.tensor(2.5, requires_grad=True),
+        torch.arange(6, dtype=torch.int16).reshape(2, 3),
+        torch.tensor([True, False]),
+        torch.randn(2, dtype=torch.bfloat16),
+        torch.randn(2, dtype=torch.complex64),
+        torch.empty(0, 3),
+    ]
+    for t in tensors:
+        got = crossed(t)
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t.detach())
+    value = [None, True, 3, 2.5, "s", (1, [2.0]), {"a": (), 4: [torch.ones(1)]}]
+    assert repr(crossed(value)) == repr(value)  # lists stay lists, tuples tuples
+    assert crossed(np.float32(0.5)) == 0.5 and torch.equal(
+        crossed(np.eye(2)), torch.eye(2).double()
+    )
+    assert isinstance(crossed(object()), transcript.Opaque) and not same(crossed(object()), 0)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"tensor": ["float32", [2], "AAAA"]},  # 3 bytes for 2 floats
+        {"tensor": ["object", [1], ""]},
+        {"tensor": ["float32", [-1], ""]},
+        {"pickle": "gASV"},
+        {"tuple": [], "dict": []},
+    ],
+)
+def test_anything_else_is_refused(forged):
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        transcript.decode(forged)
+
+
+def recorded(tmp_path: Path, exercise: str, fn) -> tuple:
+    recorder = transcript.Recorder(fn)
+    result = CHECKERS[exercise](recorder)
+    transcript.save(recorder, tmp_path, exercise)
+    return result, transcript.load(tmp_path, exercise)
+
+
+def test_a_replay_gives_the_checkers_verdict_and_notices_other_questions(tmp_path):
+    def stub(*args):
+        raise NotImplementedError
+
+    for fn, status in [
+        (linear.mse_loss, CORRECT),
+        (stub, NOT_ATTEMPTED),
+        (lambda *a: 0, INCORRECT),
+    ]:
+        here, calls = recorded(tmp_path, "01.mse", fn)
+        replay = transcript.Replay(calls)
+        assert here.status == CHECKERS["01.mse"](replay).status == status
+        assert not replay.mismatch
+    torch.set_default_dtype(torch.float64)  # the checker's inputs are made in float64 there
+    try:
+        here, calls = recorded(tmp_path, "01.mse", linear.mse_loss)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    replay = transcript.Replay(calls)
+    assert here.correct and not CHECKERS["01.mse"](replay).correct and replay.mismatch

@@ -8,6 +8,7 @@
     widgets       the notebooks' sliders and explorers (ipywidgets)
     assignments   student versions of the notebooks, and the command line
     grading       grade reports of submitted notebooks
+    reaper        every process a graded submission started, found and ended
 
 The arrow points one way: this package uses the engine (`minidp`) through its public arguments,
 and nothing in the engine imports it, so `import minidp` and `python -m minidp.train` load no

@@ -17,20 +17,16 @@ submission started is ended. At most OUTPUT_CAP characters of its output are kep
 The command line is `python -m minidp.course.assignments grade` (see minidp/course/assignments.py).
 """
 
-import contextlib
 import csv
-import ctypes
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import nbformat
-import psutil
 import zmq
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
@@ -38,6 +34,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED, CheckResult
 from minidp.course.checks.transcript import FOLDER_ENV, Replay, load
+from minidp.course.reaper import reaping
 
 OUTPUT_CAP = 1_000_000  # characters of a submission's output kept; the rest is dropped
 MESSAGE_CAP = 16 << 20  # bytes of one kernel message; a larger one is dropped by zmq
@@ -111,11 +108,7 @@ def _judge(exercise: str, folder: Path, never: str) -> tuple[str, str]:
         return INCORRECT, f"its answers could not be checked: {type(e).__name__}: {e}"[:500]
     if replay.mismatch:
         return INCORRECT, MISMATCH
-    if not isinstance(result, CheckResult) or result.status not in (
-        CORRECT,
-        INCORRECT,
-        NOT_ATTEMPTED,
-    ):
+    if not isinstance(result, CheckResult):
         return INCORRECT, "its checker gave no verdict"
     return result.status, result.hint[:1000]
 
@@ -137,9 +130,9 @@ class _Client(NotebookClient):
 
     def output(self, outs, msg, display_id, cell_index):
         self.kept += _characters(msg["content"])
-        return (
-            super().output(outs, msg, display_id, cell_index) if self.kept <= OUTPUT_CAP else None
-        )
+        if self.kept > OUTPUT_CAP:
+            return None  # dropped: a grade reads none of it, and memory is the grader's
+        return super().output(outs, msg, display_id, cell_index)
 
 
 def _characters(content) -> int:
@@ -171,7 +164,7 @@ def _run(nb: nbformat.NotebookNode, path: Path, tmp: Path, limit_s: float) -> tu
     # Outputs are not kept, so no stand-in for a browser's Output widget: nbclient's answers
     # the kernel on the shell channel and can stall a cell for its timeout (nbclient#312).
     client.comm_open_handlers = {"jupyter.widget": lambda msg: None}
-    with _subreaper() as end_new_processes, client.setup_kernel(cwd=str(cwd), env=env):
+    with reaping() as end_new_processes, client.setup_kernel(cwd=str(cwd), env=env):
         try:
             return _run_cells(client, nb, limit_s)
         finally:  # before nbclient's shutdown, which would wait for a busy kernel
@@ -201,60 +194,6 @@ def _run_cells(client: NotebookClient, nb: nbformat.NotebookNode, limit_s: float
     except DeadKernelError:
         outcome = f"the kernel died in cell {index}"
     return outcome, errors
-
-
-@contextlib.contextmanager
-def _subreaper():
-    """This process as a child subreaper, and a function that ends every process started since.
-
-    Linux only (prctl); elsewhere the function also ends the processes of the kernel's session,
-    which is how far it can see: a process that leaves both the tree and the session escapes.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-    was = ctypes.c_int(0)
-    if prctl:  # PR_GET_CHILD_SUBREAPER = 37, PR_SET_CHILD_SUBREAPER = 36
-        prctl(37, ctypes.byref(was))
-        prctl(36, 1)
-    known = {p.pid for p in psutil.Process().children()}
-    try:
-        yield lambda session: end_processes(known, session if prctl is None else None)
-    finally:
-        end_processes(known)
-        if prctl:
-            prctl(36, was.value)
-
-
-def end_processes(known: set[int], session: int | None = None) -> None:
-    """Kill every descendant of this process but the children in `known` and theirs (and every
-    process of `session`), round after round: a killed parent's children re-parent here."""
-    me, deadline = psutil.Process(), time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = []
-        for child in me.children():
-            if child.pid not in known:
-                with contextlib.suppress(psutil.Error):
-                    found += [child, *child.children(recursive=True)]
-        if session is not None:
-            found += [p for p in psutil.process_iter() if _session(p.pid) == session]
-        if not found:
-            return
-        for stop in (psutil.Process.suspend, psutil.Process.kill):  # stopped first: no new forks
-            for p in found:
-                with contextlib.suppress(psutil.Error):
-                    stop(p)
-        psutil.wait_procs([p for p in found if _parent(p) == me.pid], timeout=5)  # reaped
-
-
-def _session(pid: int) -> int | None:
-    with contextlib.suppress(OSError):
-        return os.getsid(pid)
-    return None
-
-
-def _parent(p: psutil.Process) -> int | None:
-    with contextlib.suppress(psutil.Error):
-        return p.ppid()
-    return None
 
 
 def write_report(graded: list[dict], out: Path) -> tuple[Path, Path]:

@@ -3,11 +3,12 @@ learner's function on real worker processes.
 
 A checker is gradable, so that `python -m minidp.course.assignments grade` decides its marks
 outside the submission (see minidp/course/checks/transcript.py), when:
-- it reaches the learner's code only by calling `fn(...)` (`compare` does), by `on_workers(...)`,
-  or by `run_trial(trial, ...)` with fn among the arguments, trial and workers being functions of
-  a checks module. The grader gets back what each call returned, not the objects it gave: a check
-  that looks at something the learner's code changes later (an argument modified in place, a
-  hook left registered) looks inside a trial, which returns what it saw (`nb08`'s ready order);
+- it reaches the learner's code only by calling `fn(...)` (`compare` does), by `on_workers(...)`
+  or by `run_trial(trial, ...)`, with fn itself among their arguments (not inside a list), trial
+  and worker being functions of a checks module; never by `launch` directly. The grader gets
+  back what each call returned, not the objects it gave: a check that looks at something the
+  learner's code changes later (an argument modified in place, a hook left registered) looks
+  inside a trial, which returns what it saw (nb08's ready order);
 - every call's answer is plain data: None, booleans, numbers, strings, tensors, and lists,
   tuples and dicts of them (anything else equals nothing in the grader);
 - it asks the same questions on every run: seeded generators, no clock, no unseeded randomness,

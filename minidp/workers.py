@@ -7,7 +7,7 @@
 
 Each worker leads a process group, which its children join (a DataLoader's workers, a
 subprocess), so ending the group ends them too; a process that leaves the group (setsid) is out
-of its reach (minidp/course/grading.py shows a supervisor that finds those). One selector in the
+of its reach (minidp/course/reaper.py shows a supervisor that finds those). One selector in the
 caller's thread relays output and reports: no helper thread to leave behind, and no limit on fd
 numbers (select() stops at 1023). A Ctrl-C during `end` skips the grace period instead of
 interrupting the clean-up.

@@ -85,6 +85,8 @@ class Workers:
         self.started.append(worker := Worker(rank, process, read_fd, report))
         self.selector.register(read_fd, selectors.EVENT_READ, (worker, self._read_output))
         self.selector.register(report, selectors.EVENT_READ, (worker, self._read_report))
+        # Readable when the worker exits (unless a child of it holds it too): wakes `serve` then.
+        self.selector.register(process.sentinel, selectors.EVENT_READ, (worker, self._exited))
         return worker
 
     def serve(self, done: Callable[[], bool], seconds: float, hurry=None) -> bool:
@@ -101,6 +103,9 @@ class Workers:
                 if worker.outcome is None and worker.process.exitcode is not None:
                     self._read_report(worker)
         return True
+
+    def _exited(self, worker: Worker) -> None:
+        self.selector.unregister(worker.process.sentinel)
 
     def _read_report(self, worker: Worker) -> None:
         self.selector.unregister(worker.report)

@@ -283,7 +283,7 @@ def test_grading_solutions_student_versions_and_typical_mistakes(tmp_path, monke
     assert status["dave-loss"] == {"01.mse": CORRECT, "01.cross_entropy": INCORRECT}
     assert by_student["carol"]["exercises"]["01.mse"]["hint"] == "J is a mean: divide by m as well"
     assert (
-        "average over the N positions"
+        "average over the m predictions"
         in by_student["dave-loss"]["exercises"]["01.cross_entropy"]["hint"]
     )
     scores = {s: (r["score"], r["max_score"]) for s, r in by_student.items()}

@@ -195,6 +195,7 @@ def verdicts(graded: dict, status: str, notebook: Path) -> str | None:
     return f"{graded['outcome']}, errors {graded['errors']}, {got}"
 
 
+@pytest.mark.grading
 @pytest.mark.timeout(3600)
 def test_the_course_grades_its_solutions_full_and_its_student_versions_zero(tmp_path):
     # The solutions as committed, and the student versions: every cell runs without an error, and

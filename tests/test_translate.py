@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import polib
 import pytest
+import torch
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
@@ -329,6 +330,40 @@ def test_set_language_switches_the_checkers_verdicts_and_figure_labels():
     assert get_language() == "en" and _("correct") == "correct"
     with pytest.raises(ValueError, match="unknown language 'fr'"):
         set_language("fr")
+
+
+def test_the_checkers_and_figures_of_04_to_06_speak_chinese():
+    before = list(checks.RESULTS)
+    one_phase = lambda n, p, a, b: (p - 1) * a + (p - 1) / p * n * b  # noqa: E731  (half a ring)
+
+    def unclamped(grad, theta0, lr, steps, s):  # reads θ_{t-s} before it exists: an IndexError
+        thetas = [theta0]
+        for t in range(steps):
+            thetas.append(thetas[t] - lr * grad(thetas[t - s], t))
+        return torch.stack(thetas)
+
+    try:
+        english = checks.check("06.ring_seconds", one_phase)
+        set_language("zh")
+        chinese = checks.check("06.ring_seconds", one_phase)
+        stale = checks.check("05.delayed_sgd", unclamped)
+        fig = plots.collective("reduce to rank 0", [torch.ones(2)] * 2, [torch.ones(2), None])
+    finally:
+        set_language("en")
+        checks.RESULTS[:] = before
+    assert english.status == chinese.status == checks.INCORRECT
+    assert english.hint.startswith("that is one phase: the all-reduce is a reduce-scatter")
+    assert chinese.hint == "这只是一个阶段：全归约是一次归约散射加一次全收集，各 p - 1 步"
+    # A template around another message: both translated, the learner's error kept as it is.
+    assert stale.hint.startswith("t < s 时还没有 θ_{t-s}：读取 θ_0，每个工作进程都从它出发（它")
+    assert "IndexError" in stale.hint
+    assert fig.get_suptitle() == "归约到秩 0"
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert [fig.axes[0].get_title(), fig.axes[1].get_title(), ticks] == [
+        "之前",
+        "之后",
+        ["秩 0", "秩 1"],
+    ]
 
 
 def test_the_checkers_and_widgets_of_notebooks_02_and_03_speak_chinese():

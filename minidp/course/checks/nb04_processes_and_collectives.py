@@ -17,6 +17,7 @@ from minidp.course.checks.core import (
     on_workers,
     rank_tensor,
 )
+from minidp.course.i18n import _
 
 
 def _exchange_worker(fn: Callable, n: int) -> Tensor | str:
@@ -33,14 +34,18 @@ def _check_exchange(fn: Callable) -> CheckResult:
         mistakes = [
             (
                 [xs[(r + 1) % p] for r in range(p)],
-                "you received from the right: the tensors "
-                "move r → r + 1, so send to (r + 1) % p and receive from (r - 1) % p",
+                _(
+                    "you received from the right: the tensors "
+                    "move r → r + 1, so send to (r + 1) % p and receive from (r - 1) % p"
+                ),
             ),
-            (xs, "each rank returned its own tensor: return the buffer you received into"),
+            (xs, _("each rank returned its own tensor: return the buffer you received into")),
             (
                 [torch.zeros(n)] * p,
-                "you returned the buffer before the message arrived: "
-                "wait() on the irecv's request first",
+                _(
+                    "you returned the buffer before the message arrived: "
+                    "wait() on the irecv's request first"
+                ),
             ),
         ]
         result = judge("04.exchange", got, [xs[(r - 1) % p] for r in range(p)], mistakes)
@@ -62,11 +67,13 @@ def _check_broadcast(fn: Callable) -> CheckResult:
             return got
         xs = [rank_tensor(r, n) for r in range(p)]
         mistakes = [
-            ([xs[0]] * p, "the source is rank `src`, not always rank 0"),
+            ([xs[0]] * p, _("the source is rank `src`, not always rank 0")),
             (
                 xs,
-                "x is unchanged on the receivers: receive into x itself (dist.recv(x, src)), "
-                "since a broadcast works in place",
+                _(
+                    "x is unchanged on the receivers: receive into x itself (dist.recv(x, src)), "
+                    "since a broadcast works in place"
+                ),
             ),
         ]
         result = judge("04.broadcast", got, [xs[src]] * p, mistakes)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from minidp import data, linear
 from minidp.course.checks.core import INCORRECT, CheckResult, checker, compare
+from minidp.course.i18n import _
 from minidp.parameter_server import batch_indices
 
 
@@ -48,29 +49,38 @@ def _check_delayed_sgd(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda g, th, lr, T, s: ref(g, th, lr, T, 0),
-            "the gradient of update t is taken at "
-            "θ_{t-s}, the parameters of s updates ago, not at the current θ_t",
+            _(
+                "the gradient of update t is taken at "
+                "θ_{t-s}, the parameters of s updates ago, not at the current θ_t"
+            ),
         ),
         (
             lambda g, th, lr, T, s: ref(g, th, lr, T, s + 1),
-            "off by one: update t reads θ_{t-s}, so with s = 0 it is plain SGD",
+            _("off by one: update t reads θ_{t-s}, so with s = 0 it is plain SGD"),
         ),
         (
             lambda g, th, lr, T, s: ref(g, th, lr, T, max(s - 1, 0)),
-            "off by one: update t reads θ_{t-s}, so with s = 0 it is plain SGD",
+            _("off by one: update t reads θ_{t-s}, so with s = 0 it is plain SGD"),
         ),
         (
             _stale_base,
-            "only the gradient is stale: the server applies it to its current θ_t, "
-            "θ_{t+1} = θ_t - η g_t(θ_{t-s})",
+            _(
+                "only the gradient is stale: the server applies it to its current θ_t, "
+                "θ_{t+1} = θ_t - η g_t(θ_{t-s})"
+            ),
         ),
-        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[1:], "include θ_0: return steps + 1 rows"),
-        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[-1], "return every θ, (steps + 1, len(θ_0))"),
+        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[1:], _("include θ_0: return steps + 1 rows")),
+        (
+            lambda g, th, lr, T, s: ref(g, th, lr, T, s)[-1],
+            _("return every θ, (steps + 1, len(θ_0))"),
+        ),
     ]
     result = compare("05.delayed_sgd", fn, ref, cases, mistakes)
     if "IndexError" in result.hint:  # thetas[t - s] with t < s: before the list's start
-        hint = "while t < s there is no θ_{t-s}: read θ_0, which every worker starts from"
-        return CheckResult("05.delayed_sgd", INCORRECT, f"{hint} ({result.hint})")
+        # θ_{t-s} has braces: the sentence is a message of its own, not a template.
+        hint = _("while t < s there is no θ_{t-s}: read θ_0, which every worker starts from")
+        hint = _("{hint} ({error})").format(hint=hint, error=result.hint)
+        return CheckResult("05.delayed_sgd", INCORRECT, hint)
     return result
 
 
@@ -82,25 +92,30 @@ def _check_round_bytes(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda K, n: (K * n, ring(K, n)),
-            "the server both receives K gradients and sends K copies of θ: count bytes in and out",
+            _(
+                "the server both receives K gradients and sends K copies of θ: "
+                "count bytes in and out"
+            ),
         ),
         (
             lambda K, n: (server(K, n), ring(K, n) / 2),
-            "a ring rank receives as much as it sends: count bytes in and out",
+            _("a ring rank receives as much as it sends: count bytes in and out"),
         ),
-        (lambda K, n: (K * n, ring(K, n) / 2), "count bytes in and out, for both"),
+        (lambda K, n: (K * n, ring(K, n) / 2), _("count bytes in and out, for both")),
         (
             lambda K, n: (server(K, n), 4 * (K - 1) * n),
-            "each ring step moves one chunk of n/K bytes, not the whole tensor",
+            _("each ring step moves one chunk of n/K bytes, not the whole tensor"),
         ),
         (
             lambda K, n: (server(K, n), 2 * (K - 1) / K * n),
-            "the ring has two phases, "
-            "reduce-scatter and all-gather, each K - 1 steps; count bytes in and out",
+            _(
+                "the ring has two phases, "
+                "reduce-scatter and all-gather, each K - 1 steps; count bytes in and out"
+            ),
         ),
         (
             lambda K, n: (server(K, n), 4 * K / K * n),
-            "a ring of K ranks takes K - 1 steps per phase, not K",
+            _("a ring of K ranks takes K - 1 steps per phase, not K"),
         ),
     ]
     return compare("05.round_bytes", fn, lambda K, n: (server(K, n), ring(K, n)), cases, mistakes)

@@ -22,6 +22,7 @@ from minidp.course.checks.core import (
     rank_tensor,
     same,
 )
+from minidp.course.i18n import N_, _
 
 
 def _ring_simulated(
@@ -64,23 +65,31 @@ def _owned(xs: list[Tensor] | None, shift: int = 1) -> list[Tensor] | None:
 _RS_MISTAKES = [
     (
         dict(RS, add=False),
-        "you copied what arrived over your chunk: add it to your own values "
-        "instead (chunk += received), which is what makes it a sum",
+        N_(
+            "you copied what arrived over your chunk: add it to your own values "
+            "instead (chunk += received), which is what makes it a sum",
+        ),
     ),
     (
         dict(RS, direction=-1),
-        "you sent to the left and received from the right: the ring runs "
-        "r → r + 1, so send to (r + 1) % p and receive from (r - 1) % p",
+        N_(
+            "you sent to the left and received from the right: the ring runs "
+            "r → r + 1, so send to (r + 1) % p and receive from (r - 1) % p",
+        ),
     ),
     (
         dict(RS, into=0),
-        "wrong chunk: at step s add what arrives into chunk (r - s - 1) % p, "
-        "the one your left neighbour sent, not chunk (r - s) % p that you just sent",
+        N_(
+            "wrong chunk: at step s add what arrives into chunk (r - s - 1) % p, "
+            "the one your left neighbour sent, not chunk (r - s) % p that you just sent",
+        ),
     ),
     (
         dict(RS, send=-1, into=-1),
-        "wrong chunk: at step s send chunk (r - s) % p (your "
-        "own chunk r at step 0) and add what arrives into chunk (r - s - 1) % p",
+        N_(
+            "wrong chunk: at step s send chunk (r - s) % p (your "
+            "own chunk r at step 0) and add what arrives into chunk (r - s - 1) % p",
+        ),
     ),
 ]
 
@@ -100,25 +109,27 @@ def _check_ring_reduce_scatter(fn: Callable) -> CheckResult:
         if not isinstance(got, CheckResult) and same(_owned(got), expected):
             continue
         if n % p:  # right on every size p divides: the uneven chunks are what is left
-            why = got.hint if isinstance(got, CheckResult) else "some sums are wrong"
-            return CheckResult(exercise, INCORRECT, _UNEVEN_HINT.format(n=n, p=p, why=why))
+            why = got.hint if isinstance(got, CheckResult) else _("some sums are wrong")
+            return CheckResult(exercise, INCORRECT, _(_UNEVEN_HINT).format(n=n, p=p, why=why))
         if isinstance(got, CheckResult):
             return got
         if same(got, xs):
-            hint = "x is unchanged: add into the chunks of x itself (x.tensor_split(p) are views)"
+            hint = _(
+                "x is unchanged: add into the chunks of x itself (x.tensor_split(p) are views)"
+            )
             return CheckResult(exercise, INCORRECT, hint)
         if same(_owned(got, shift=0), _owned([sum(xs)] * p, shift=0)):
-            hint = (
+            hint = _(
                 "your ring sums, but rank r ends with chunk r: send your own chunk r at step 0, "
                 "so that rank r ends with chunk (r + 1) % p, where the all-gather starts"
             )
             return CheckResult(exercise, INCORRECT, hint)
-        mistakes = [(_owned(_ring_simulated(xs, **how)), hint) for how, hint in _RS_MISTAKES]
+        mistakes = [(_owned(_ring_simulated(xs, **how)), _(hint)) for how, hint in _RS_MISTAKES]
         return judge(exercise, _owned(got), expected, mistakes)
     return CheckResult(exercise, CORRECT)
 
 
-_UNEVEN_HINT = (
+_UNEVEN_HINT = N_(
     "right when p divides the size, wrong for {n} elements on {p} ranks: split x with "
     "x.tensor_split(p), whose chunks differ by at most one element, and receive into a buffer "
     "the size of the chunk that arrives. ({why})"
@@ -151,28 +162,38 @@ def _ag_worker(fn: Callable, n: int) -> Tensor | str:
 _AG_MISTAKES = [
     (
         dict(AG, add=True),
-        "you added what arrived to your chunk: in the all-gather each chunk that arrives is "
-        "already the full sum, so copy it over yours (or receive straight into the chunk)",
+        N_(
+            "you added what arrived to your chunk: in the all-gather each chunk that arrives is "
+            "already the full sum, so copy it over yours (or receive straight into the chunk)",
+        ),
     ),
     (
         dict(AG, direction=-1),
-        "you sent to the left and received from the right: the ring runs r → r + 1, so send "
-        "to (r + 1) % p and receive from (r - 1) % p",
+        N_(
+            "you sent to the left and received from the right: the ring runs r → r + 1, so send "
+            "to (r + 1) % p and receive from (r - 1) % p",
+        ),
     ),
     (
         dict(AG, send=0, into=-1),
-        "off by one chunk: those are the reduce-scatter's indices. After it rank r owns chunk "
-        "(r + 1) % p, so at step s send chunk (r + 1 - s) % p and receive chunk (r - s) % p",
+        N_(
+            "off by one chunk: those are the reduce-scatter's indices. After it rank r owns chunk "
+            "(r + 1) % p, so at step s send chunk (r + 1 - s) % p and receive chunk (r - s) % p",
+        ),
     ),
     (
         dict(AG, send=0),
-        "off by one chunk: at step s send chunk (r + 1 - s) % p, the one you own at step 0 and "
-        "then the one that has just arrived, not chunk (r - s) % p",
+        N_(
+            "off by one chunk: at step s send chunk (r + 1 - s) % p, the one you own at step 0 and "
+            "then the one that has just arrived, not chunk (r - s) % p",
+        ),
     ),
     (
         dict(AG, into=1),
-        "wrong chunk: what arrives from the left at step s is chunk (r - s) % p; you wrote it "
-        "over the chunk you were sending, (r + 1 - s) % p",
+        N_(
+            "wrong chunk: what arrives from the left at step s is chunk (r - s) % p; you wrote it "
+            "over the chunk you were sending, (r + 1 - s) % p",
+        ),
     ),
 ]
 
@@ -190,18 +211,18 @@ def _check_ring_all_gather(fn: Callable) -> CheckResult:
         if not isinstance(got, CheckResult) and same(got, expected):
             continue
         if n % p:
-            why = got.hint if isinstance(got, CheckResult) else "some chunks are wrong"
-            return CheckResult(exercise, INCORRECT, _UNEVEN_HINT.format(n=n, p=p, why=why))
+            why = got.hint if isinstance(got, CheckResult) else _("some chunks are wrong")
+            return CheckResult(exercise, INCORRECT, _(_UNEVEN_HINT).format(n=n, p=p, why=why))
         if isinstance(got, CheckResult):
             return got
         owned = _ring_simulated(xs, **RS)  # each rank's x when the all-gather starts
         if same(got, owned):  # receiving into a copy, or no step at all
-            hint = (
+            hint = _(
                 "x is unchanged: receive into the chunks of x itself (x.tensor_split(p) are "
                 "views), for p - 1 steps (one with 2 ranks)"
             )
             return CheckResult(exercise, INCORRECT, hint)
-        mistakes = [(_ring_simulated(owned, **how), hint) for how, hint in _AG_MISTAKES]
+        mistakes = [(_ring_simulated(owned, **how), _(hint)) for how, hint in _AG_MISTAKES]
         return judge(exercise, got, expected, mistakes)
     return CheckResult(exercise, CORRECT)
 
@@ -213,23 +234,30 @@ def _check_ring_seconds(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda n, p, a, b: ring(n, p, a, b) / 2,
-            "that is one phase: the all-reduce is a "
-            "reduce-scatter and an all-gather, p - 1 steps each",
+            _(
+                "that is one phase: the all-reduce is a "
+                "reduce-scatter and an all-gather, p - 1 steps each"
+            ),
         ),
         (
             lambda n, p, a, b: 2 * (p - 1) * (a + n * b),
-            "each step moves one chunk of n/p bytes, "
-            "not the whole message (that is the naive all-reduce's cost)",
+            _(
+                "each step moves one chunk of n/p bytes, "
+                "not the whole message (that is the naive all-reduce's cost)"
+            ),
         ),
         (
             lambda n, p, a, b: 2 * p * a + 2 * n * b,
-            "a ring of p ranks takes p - 1 steps per phase, not p",
+            _("a ring of p ranks takes p - 1 steps per phase, not p"),
         ),
-        (lambda n, p, a, b: 2 * (p - 1) / p * n * b, "every step also pays the latency α"),
-        (lambda n, p, a, b: 2 * (p - 1) * a, "every byte also costs β: add the bandwidth term"),
+        (lambda n, p, a, b: 2 * (p - 1) / p * n * b, _("every step also pays the latency α")),
+        (
+            lambda n, p, a, b: 2 * (p - 1) * a,
+            _("every byte also costs β: add the bandwidth term"),
+        ),
         (
             lambda n, p, a, b: 2 * (p - 1) * a + (p - 1) / p * n * b,
-            "both phases move bytes: 2(p - 1)/p · n · β",
+            _("both phases move bytes: 2(p - 1)/p · n · β"),
         ),
     ]
     return compare("06.ring_seconds", fn, ring, cases, mistakes)

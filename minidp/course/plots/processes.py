@@ -8,11 +8,28 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from minidp.course.i18n import N_, _
+
 # ---- 04 processes and collectives
 # Pictures of which rank holds what. Rank r starts with multiples of 10^r (rank 0 holds 1, 2, 3,
 # rank 1 holds 10, 20, 30, ...), so each digit of a sum says whether that rank's value is in it:
 # 0101 is ranks 0 and 2 together. A cell takes its rank's colour while it holds one rank's value,
 # and turns darker grey the more ranks' values it sums; black is every rank's.
+
+# Names the notebooks and recordings pass in as data, shown translated: notebook 04's figure
+# titles, the phases of a recorded ring, the algorithms of a benchmark.
+SHOWN_NAMES = (
+    N_("broadcast from rank 0"),
+    N_("reduce to rank 0"),
+    N_("all-gather"),
+    N_("reduce-scatter"),
+    N_("all-reduce"),
+    N_("ring"),
+    N_("naive"),
+    N_("tree"),
+    N_("fast ring"),
+    N_("server"),
+)
 
 
 def contributors(value: float, p: int) -> list[int]:
@@ -52,7 +69,7 @@ def holdings(ax, tensors: list[Tensor | None], title: str, width: int | None = N
                 j + 0.5, r + 0.5, f"{int(t[j])}", ha="center", va="center", color=ink, fontsize=9
             )
     ax.set(xlim=(0, width), ylim=(p, 0), title=title, xticks=[], aspect="equal")
-    ax.set_yticks([r + 0.5 for r in range(p)], [f"rank {r}" for r in range(p)])
+    ax.set_yticks([r + 0.5 for r in range(p)], [_("rank {r}").format(r=r) for r in range(p)])
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
@@ -64,10 +81,10 @@ def collective(name: str, before: list[Tensor], after: list[Tensor | None]) -> F
     width = max(len(t) for t in before + after if t is not None)
     fig = Figure(figsize=(2.2 + 1.1 * width, 0.55 * len(before) + 1.0), layout="constrained")
     ax_before, ax_after = fig.subplots(1, 2)
-    holdings(ax_before, before, "before", width)
-    holdings(ax_after, after, "after", width)
+    holdings(ax_before, before, _("before"), width)
+    holdings(ax_after, after, _("after"), width)
     ax_after.set_yticks([])
-    fig.suptitle(name, fontweight="bold")
+    fig.suptitle(_(name), fontweight="bold")
     return fig
 
 
@@ -80,7 +97,11 @@ def staleness_effect(staleness: list[int], final_losses: dict[str, list[float]])
     ax = fig.subplots()
     for label, losses in final_losses.items():
         ax.plot(staleness, losses, marker="o", label=label)
-    ax.set(yscale="log", xlabel="staleness s (updates a gradient is late)", ylabel="final loss")
+    ax.set(
+        yscale="log",
+        xlabel=_("staleness s (updates a gradient is late)"),
+        ylabel=_("final loss"),
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -95,7 +116,8 @@ def delay_counts(delays: dict[int, list[int]]) -> Figure:
         shares = (counts / counts.sum()).tolist()
         ax.bar([d + i * width for d in range(len(shares))], shares, width, label=f"K = {K}")
     ax.set(
-        xlabel="staleness s_t: updates applied while the worker computed", ylabel="share of updates"
+        xlabel=_("staleness s_t: updates applied while the worker computed"),
+        ylabel=_("share of updates"),
     )
     ax.legend(fontsize=8)
     return fig
@@ -105,12 +127,15 @@ def round_times(workers: list[int], times: list[dict]) -> Figure:
     """Time per round against K, server vs ring: wall clock (left), busiest process (right)."""
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
-    panels = [("wall", "wall-clock time per round"), ("busiest", "busiest process's CPU time")]
+    panels = [
+        ("wall", _("wall-clock time per round")),
+        ("busiest", _("busiest process's CPU time")),
+    ]
     for ax, (field, title) in zip(axes, panels, strict=True):
         for kind, marker in (("server", "s"), ("ring", "o")):
             ms = [1e3 * getattr(t[kind], field) for t in times]
-            ax.plot(workers, ms, marker=marker, label=kind)
-        ax.set(xlabel="workers K", ylabel="ms per round", title=title, xticks=workers)
+            ax.plot(workers, ms, marker=marker, label=_(kind))
+        ax.set(xlabel=_("workers K"), ylabel=_("ms per round"), title=title, xticks=workers)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     return fig
@@ -176,13 +201,20 @@ def alpha_beta(
     grid = np.geomspace(sizes[0], sizes[-1], 50)
     for i, name in enumerate(measured[sizes[0]]):
         colour = plt.get_cmap("tab10")(i)
-        ax.plot(sizes, [1e3 * measured[n][name] for n in sizes], "o", color=colour, label=name)
+        ax.plot(sizes, [1e3 * measured[n][name] for n in sizes], "o", color=colour, label=_(name))
         if name in ("ring", "naive", "tree"):
             model_ms = [1e3 * cost_seconds(name, n, p, alpha, beta, duplex) for n in grid]
             ax.plot(grid, model_ms, "-", color=colour, alpha=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="message size (bytes)", ylabel="ms per all-reduce")
-    links = "full-duplex" if duplex else "half-duplex"
-    ax.set_title(f"{p} ranks: points measured, lines the α-β model ({links})")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel=_("message size (bytes)"),
+        ylabel=_("ms per all-reduce"),
+    )
+    links = _("full-duplex") if duplex else _("half-duplex")
+    ax.set_title(
+        _("{p} ranks: points measured, lines the α-β model ({links})").format(p=p, links=links)
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -200,19 +232,26 @@ def ring_step(values: Tensor, moving: list, title: str) -> Figure:
     xy = [(math.cos(a), math.sin(a)) for a in angle]
     for r, (x, y) in enumerate(xy):
         ax_ring.add_patch(plt.Circle((x, y), 0.22, fc=plt.get_cmap("tab10")(r), alpha=0.8))
-        ax_ring.text(x, y, f"rank {r}", ha="center", va="center", fontsize=8)
+        ax_ring.text(x, y, _("rank {r}").format(r=r), ha="center", va="center", fontsize=8)
     for t in moving:
         (x0, y0), (x1, y1) = xy[t.src], xy[t.dst]
         ax_ring.annotate(
             "", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="-|>", lw=2, shrinkA=18, shrinkB=18)
         )
         ax_ring.text(
-            (x0 + x1) / 2 * 1.25, (y0 + y1) / 2 * 1.25, f"chunk {t.chunk}", ha="center", fontsize=8
+            (x0 + x1) / 2 * 1.25,
+            (y0 + y1) / 2 * 1.25,
+            _("chunk {c}").format(c=t.chunk),
+            ha="center",
+            fontsize=8,
         )
     ax_ring.set(xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), aspect="equal", title=title)
     ax_ring.axis("off")
     holdings(
-        ax_grid, list(values), "partial sums per chunk", marked={(t.dst, t.chunk) for t in moving}
+        ax_grid,
+        list(values),
+        _("partial sums per chunk"),
+        marked={(t.dst, t.chunk) for t in moving},
     )
-    ax_grid.set_xticks([c + 0.5 for c in range(p)], [f"chunk {c}" for c in range(p)])
+    ax_grid.set_xticks([c + 0.5 for c in range(p)], [_("chunk {c}").format(c=c) for c in range(p)])
     return fig

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from minidp import parameter_server
 from minidp.course import plots
+from minidp.course.i18n import _
 from minidp.course.widgets.core import draw
 
 # ---- 05 parameter server and async
@@ -23,10 +24,10 @@ class StalenessExplorer:
     def __init__(self, X: Tensor, y: Tensor, config, staleness: int = 4, max_staleness: int = 30):
         self.X, self.y, self.config = X, y, config
         self.staleness = W.IntSlider(
-            value=staleness, min=0, max=max_staleness, description="staleness s"
+            value=staleness, min=0, max=max_staleness, description=_("staleness s")
         )
         self.lr = W.FloatSlider(
-            value=config.lr, min=0.01, max=0.5, step=0.01, description="learning rate η"
+            value=config.lr, min=0.01, max=0.5, step=0.01, description=_("learning rate η")
         )
         self.label = W.HTML()
         self.image = W.Image(format="png")
@@ -46,11 +47,17 @@ class StalenessExplorer:
         self.history, self.losses = self._losses(s)
         fresh = self._losses(0)[1]
         self.diverged = not bool(self.losses[-1] < self.losses[0])  # also when it is inf or nan
-        verdict = "diverges" if self.diverged else f"ends at J = {self.losses[-1]:.3g}"
-        self.label.value = (
-            f"s = {s}, η = {self.lr.value:.2f}: {verdict} (fresh gradients: J = {fresh[-1]:.3g})"
-        )
-        curves = {"fresh gradients (s = 0)": fresh, f"{s} updates late": self.losses}
+        if self.diverged:
+            verdict = _("diverges")
+        else:
+            verdict = _("ends at J = {J:.3g}").format(J=float(self.losses[-1]))
+        self.label.value = _(
+            "s = {s}, η = {lr:.2f}: {verdict} (fresh gradients: J = {J:.3g})"
+        ).format(s=s, lr=self.lr.value, verdict=verdict, J=float(fresh[-1]))
+        curves = {
+            _("fresh gradients (s = 0)"): fresh,
+            _("{s} updates late").format(s=s): self.losses,
+        }
         # A diverging curve reaches inf; clip so the plot still shows where it went.
         curves = {k: v.nan_to_num(nan=1e6, posinf=1e6).clamp(max=1e6) for k, v in curves.items()}
         self.fig = plots.loss_curves(curves)
@@ -94,7 +101,7 @@ class RingReplay:
     def __init__(self, start: Tensor, transfers: list):
         self.transfers = sorted(transfers, key=lambda t: (t.step, t.src))
         self.states = replay_ring(start, self.transfers)
-        self.slider = W.IntSlider(value=0, min=0, max=len(self.states) - 1, description="step")
+        self.slider = W.IntSlider(value=0, min=0, max=len(self.states) - 1, description=_("step"))
         self.play = W.Play(value=0, min=0, max=len(self.states) - 1, interval=1200)
         W.jslink((self.play, "value"), (self.slider, "value"))  # the play button moves the slider
         self.label = W.HTML()
@@ -108,16 +115,25 @@ class RingReplay:
         self.values = self.states[self.step]
         self.moving = [t for t in self.transfers if t.step == self.step - 1]
         if not self.moving:
-            title, text = "before", "each rank holds its own tensor, cut into p chunks"
+            title, text = _("before"), _("each rank holds its own tensor, cut into p chunks")
         else:
-            phase = self.moving[0].phase
-            title = f"step {self.step} of {len(self.states) - 1}: {phase}"
+            phase = self.moving[0].phase  # data: "reduce-scatter" or "all-gather"
+            title = _("step {step} of {steps}: {phase}").format(
+                step=self.step, steps=len(self.states) - 1, phase=_(phase)
+            )
             sent = ", ".join(
-                f"{t.src}→{t.dst} chunk {t.chunk} ({1e3 * (t.end - t.start):.2f} ms)"
+                _("{src}→{dst} chunk {c} ({ms:.2f} ms)").format(
+                    src=t.src, dst=t.dst, c=t.chunk, ms=1e3 * (t.end - t.start)
+                )
                 for t in self.moving
             )
-            how = "added to" if phase == "reduce-scatter" else "copied over"
-            text = f"{phase}: each message is {how} the receiver's chunk. Recorded: {sent}"
+            if phase == "reduce-scatter":
+                how = _("{phase}: each message is added to the receiver's chunk. Recorded: {sent}")
+            else:
+                how = _(
+                    "{phase}: each message is copied over the receiver's chunk. Recorded: {sent}"
+                )
+            text = how.format(phase=_(phase), sent=sent)
         self.label.value = text
         self.fig = plots.ring_step(self.values, self.moving, title)
         draw(self.image, self.fig)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from checking import assert_hint, stub, verdict
+from solutions import notebook_solutions
 
 from minidp.course import checks
 from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
@@ -24,6 +25,7 @@ EXERCISES = [
     "07.average_gradients",
     "08.ready_order",
     "08.buckets",
+    "08.overlapped_ddp",
     "09.accumulation_step",
     "09.warmup_lr",
 ]
@@ -618,3 +620,174 @@ def test_the_hints_of_each_checker_differ():
     for exercise, fns in hints.items():
         said = [verdict(exercise, fn)[1] for fn in fns]
         assert len(set(said)) == len(said), exercise
+
+
+# ---- 08.overlapped_ddp: the notebook's own solution, and learners' versions of it
+
+
+def overlapped_ddp_dividing_first(module, all_reduce=dist.all_reduce):
+    """Another right answer: divide before the sum (as torch's DDP does), keep only the works."""
+    works = []
+
+    def hook(p):
+        p.grad /= dist.get_world_size()
+        works.append(all_reduce(p.grad, async_op=True))
+
+    for p in module.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(hook)
+
+    def finish():
+        while works:
+            works.pop().wait()
+
+    return finish
+
+
+def overlapped_ddp(start=None, finish=None, register=None):
+    """The notebook's skeleton, with some of its parts written another way."""
+
+    def my_overlapped_ddp(module, all_reduce=dist.all_reduce):
+        K, pending = dist.get_world_size(), []
+
+        def start_all_reduce(p):
+            if start:
+                return start(p, all_reduce, pending)
+            pending.append((p, all_reduce(p.grad, async_op=True)))
+
+        def finish_sync():
+            if finish:
+                return finish(module, pending, K)
+            for p, work in pending:
+                work.wait()
+                p.grad /= K
+            pending.clear()
+
+        if register:
+            register(module, start_all_reduce)
+        else:
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(start_all_reduce)
+        return finish_sync
+
+    return my_overlapped_ddp
+
+
+def wait_without_dividing(module, pending, K):
+    for _, work in pending:
+        work.wait()
+    pending.clear()
+
+
+def wait_and_divide_twice(module, pending, K):
+    for p, work in pending:
+        work.wait()
+        p.grad /= K * K
+    pending.clear()
+
+
+def wait_but_keep_the_list(module, pending, K):
+    for p, work in pending:
+        work.wait()
+        p.grad /= K
+
+
+def divide_without_waiting(module, pending, K):  # the sum may not have arrived yet
+    for p, _ in pending:
+        p.grad /= K
+    pending.clear()
+
+
+def divide_every_parameter(module, pending, K):  # the frozen one has no gradient
+    for _, work in pending:
+        work.wait()
+    for p in module.parameters():
+        p.grad /= K
+    pending.clear()
+
+
+def start_and_wait(p, all_reduce, pending):  # no overlap: backward stops at every hook
+    all_reduce(p.grad, async_op=True).wait()
+    p.grad /= dist.get_world_size()
+
+
+def start_blocking(p, all_reduce, pending):
+    all_reduce(p.grad)
+    p.grad /= dist.get_world_size()
+
+
+def start_on_the_parameter(p, all_reduce, pending):
+    pending.append((p, all_reduce(p.data, async_op=True)))
+
+
+def start_with_dist(p, all_reduce, pending):  # ignores the all_reduce it is given
+    pending.append((p, dist.all_reduce(p.grad, async_op=True)))
+
+
+def register_every_parameter(module, hook):  # the frozen one too
+    for p in module.parameters():
+        p.register_post_accumulate_grad_hook(hook)
+
+
+def register_every_name(module, hook):  # the tied embedding twice
+    for _, p in module.named_parameters(remove_duplicate=False):
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(hook)
+
+
+def register_nothing(module, hook):
+    pass
+
+
+def all_after_backward(module, all_reduce=dist.all_reduce):  # notebook 07's loop: no hooks
+    def finish():
+        works = [
+            (p, all_reduce(p.grad, async_op=True))
+            for p in module.parameters()
+            if p.grad is not None
+        ]
+        for p, work in works:
+            work.wait()
+            p.grad /= dist.get_world_size()
+
+    return finish
+
+
+def returns_finish_called(module, all_reduce=dist.all_reduce):
+    return overlapped_ddp()(module, all_reduce)()
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        notebook_solutions("08")["08.overlapped_ddp"],
+        overlapped_ddp(),
+        overlapped_ddp_dividing_first,
+    ],
+)
+def test_overlapped_ddp_accepts_correct_answers(fn):
+    assert verdict("08.overlapped_ddp", fn) == (CORRECT, "")
+
+
+OVERLAPPED_MISTAKES = [
+    (overlapped_ddp(finish=wait_without_dividing), "divide each by K"),
+    (overlapped_ddp(finish=wait_and_divide_twice), "divided by K twice"),
+    (overlapped_ddp(finish=wait_but_keep_the_list), "pending.clear()"),
+    (overlapped_ddp(finish=divide_without_waiting), "never waited for"),
+    (overlapped_ddp(finish=divide_every_parameter), "has no gradient"),
+    (overlapped_ddp(start=start_and_wait), "inside the hook"),
+    (overlapped_ddp(start=start_blocking), "without async_op=True"),
+    (overlapped_ddp(start=start_on_the_parameter), "not its gradient"),
+    (overlapped_ddp(start=start_with_dist), "not dist.all_reduce"),
+    (overlapped_ddp(register=register_every_parameter), "frozen parameter"),
+    (overlapped_ddp(register=register_every_name), "registered twice"),
+    (overlapped_ddp(register=register_nothing), "no all-reduce was started"),
+    (all_after_backward, "after backward had ended"),
+    (returns_finish_called, "return finish"),
+]
+
+
+@pytest.mark.parametrize(("fn", "words"), OVERLAPPED_MISTAKES)
+def test_overlapped_ddp_recognises_mistakes(fn, words):
+    assert_hint("08.overlapped_ddp", fn, words)

@@ -84,9 +84,27 @@ def _grads(net: torch.nn.Module) -> list[Tensor | None]:
     return [None if p.grad is None else p.grad.detach().clone() for p in net.parameters()]
 
 
+def _step(net: torch.nn.Module, recorded: _RecordedAllReduce, finish: Callable, idx: Tensor):
+    """One backward and finish() on this rank's rows: (gradients after finish(), the recorded
+    events, how many all-reduces nobody waited for), or SKIPPED for a stub."""
+    recorded.events.clear()
+    loss = net(idx[:, :-1], idx[:, 1:])[1]
+    try:
+        if learner_call(loss.backward) is SKIPPED:  # the learner's hooks run in here
+            return SKIPPED
+        recorded.events.append("backward end")
+        if learner_call(finish) is SKIPPED:
+            return SKIPPED
+        grads = _grads(net)  # as the optimizer would see them: before anything else waits
+        return grads, list(recorded.events), sum(not work.waited for work in recorded.works)
+    finally:
+        for work in recorded.works:  # nothing may be left in flight when the worker ends
+            work.work.wait()
+        recorded.works.clear()
+
+
 def _overlap_worker(fn: Callable) -> list | str:
-    """STEPS steps with fn's hooks: per step, the gradients after finish(), the recorded events,
-    and how many all-reduces nobody waited for."""
+    """STEPS steps with fn's hooks, each step's _step, in order."""
     rank = dist.get_rank()
     net = _model()
     recorded = _RecordedAllReduce(list(net.parameters()))
@@ -101,21 +119,10 @@ def _overlap_worker(fn: Callable) -> list | str:
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
     steps = []
     for step in range(STEPS):
-        idx = data.rank_slice(_batch(step), rank, RANKS)
-        recorded.events.clear()
         optimizer.zero_grad()
-        loss = net(idx[:, :-1], idx[:, 1:])[1]
-        if learner_call(loss.backward) is SKIPPED:  # the learner's hooks run in here
+        steps.append(_step(net, recorded, finish, data.rank_slice(_batch(step), rank, RANKS)))
+        if steps[-1] is SKIPPED:
             return SKIPPED
-        recorded.events.append("backward end")
-        if learner_call(finish) is SKIPPED:
-            return SKIPPED
-        grads = _grads(net)  # as the optimizer would see them: before anything else waits
-        unwaited = sum(not work.waited for work in recorded.works)
-        for work in recorded.works:  # nothing may be left in flight when the worker ends
-            work.work.wait()
-        recorded.works.clear()
-        steps.append((grads, list(recorded.events), unwaited))
         optimizer.step()
     return steps
 

@@ -13,17 +13,27 @@ import pytest
 import torch
 import torch.distributed as dist
 from checking import assert_hint, stub, verdict
+from solutions import notebook_solutions
 
 from minidp.course import checks
 from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
+# ---- the notebooks' own solutions (taken from the notebooks, not copied here)
+
+SOLUTIONS = {ex: fn for nb in ("07", "08", "09") for ex, fn in notebook_solutions(nb).items()}
+# Some typical mistakes below are a right answer, changed: built from the notebooks' solutions.
+my_average_gradients = SOLUTIONS["07.average_gradients"]
+my_overlapped_ddp = SOLUTIONS["08.overlapped_ddp"]
+my_buckets = SOLUTIONS["08.buckets"]
+
 EXERCISES = [
     "07.broadcast_parameters",
     "07.average_gradients",
     "08.ready_order",
     "08.buckets",
+    "08.overlapped_ddp",
     "09.accumulation_step",
     "09.warmup_lr",
 ]
@@ -31,6 +41,12 @@ EXERCISES = [
 
 def test_every_checker_of_07_to_09_is_tested():
     assert {name for name in checks.CHECKERS if name[:2] in ("07", "08", "09")} == set(EXERCISES)
+    assert set(SOLUTIONS) <= set(EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", sorted(SOLUTIONS))
+def test_the_notebooks_solution_is_correct(exercise):
+    assert verdict(exercise, SOLUTIONS[exercise]) == (CORRECT, "")
 
 
 @pytest.mark.parametrize("exercise", EXERCISES)
@@ -42,12 +58,6 @@ def test_a_stub_is_not_attempted_and_says_so_quickly(exercise):
 
 
 # ---- 07.broadcast_parameters
-
-
-def broadcast_all(model):
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(t, src=0)
 
 
 def broadcast_state_dict(model):  # another right answer: every tensor of the state dict, by .data
@@ -102,9 +112,8 @@ def broadcast_weights_only(model):
                 dist.broadcast(t, src=0)
 
 
-@pytest.mark.parametrize("fn", [broadcast_all, broadcast_state_dict])
-def test_broadcast_parameters_accepts_correct_answers(fn):
-    assert verdict("07.broadcast_parameters", fn) == (CORRECT, "")
+def test_broadcast_parameters_accepts_another_correct_answer():
+    assert verdict("07.broadcast_parameters", broadcast_state_dict) == (CORRECT, "")
 
 
 @pytest.mark.parametrize(
@@ -124,16 +133,6 @@ def test_broadcast_parameters_recognises_mistakes(fn, words):
 
 
 # ---- 07.average_gradients: each takes the all-reduce to use, as the exercise asks
-
-
-def average_flat(params, all_reduce=dist.all_reduce):
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
 
 
 def average_flat_torch_utils(params, all_reduce=dist.all_reduce):
@@ -217,10 +216,10 @@ def average_matrices_only(params, all_reduce=dist.all_reduce):
 
 
 def average_without_the_argument(params):  # the exercise's signature before it took all_reduce
-    average_flat(params)
+    my_average_gradients(params)
 
 
-@pytest.mark.parametrize("fn", [average_flat, average_flat_torch_utils, average_flat_split])
+@pytest.mark.parametrize("fn", [average_flat_torch_utils, average_flat_split])
 def test_average_gradients_accepts_correct_answers(fn):
     assert verdict("07.average_gradients", fn) == (CORRECT, "")
 
@@ -245,7 +244,7 @@ def test_average_gradients_recognises_mistakes(fn, words):
 
 def rank_zero_only(params, all_reduce=dist.all_reduce):
     if dist.get_rank() == 0:
-        average_flat(params, all_reduce)
+        my_average_gradients(params, all_reduce)
 
 
 def test_a_deadlock_is_a_verdict_in_seconds():
@@ -264,18 +263,6 @@ def test_a_crash_in_a_worker_is_incorrect_with_the_error(capsys):
 
 
 # ---- 08.ready_order
-
-
-def ready_order(model, compute_loss):
-    names = {p: name for name, p in model.named_parameters()}
-    order = []
-    handles = [
-        p.register_post_accumulate_grad_hook(lambda p: order.append(names[p])) for p in names
-    ]
-    compute_loss().backward()
-    for handle in handles:
-        handle.remove()
-    return order
 
 
 def ready_order_by_name(model, compute_loss):  # one hook per parameter, each knowing its name
@@ -343,7 +330,7 @@ def two_backwards(model, compute_loss):
     return order
 
 
-@pytest.mark.parametrize("fn", [ready_order, ready_order_by_name])
+@pytest.mark.parametrize("fn", [ready_order_by_name])
 def test_ready_order_accepts_correct_answers(fn):
     assert verdict("08.ready_order", fn) == (CORRECT, "")
 
@@ -366,19 +353,8 @@ def test_ready_order_recognises_mistakes(fn, words):
 # ---- 08.buckets
 
 
-def buckets(sizes, cap):
-    result, size = [], 0
-    for i in reversed(range(len(sizes))):
-        if not result or size + sizes[i] > cap:
-            result.append([])
-            size = 0
-        result[-1].append(i)
-        size += sizes[i]
-    return result
-
-
 def buckets_sorted_inside(sizes, cap):  # the order inside a bucket does not matter
-    return [sorted(b) for b in buckets(sizes, cap)]
+    return [sorted(b) for b in my_buckets(sizes, cap)]
 
 
 def buckets_forward(sizes, cap):
@@ -438,18 +414,18 @@ def buckets_with_an_empty_one(sizes, cap):
 
 
 def buckets_missing_the_first(sizes, cap):
-    for_all = buckets(sizes, cap)
+    for_all = my_buckets(sizes, cap)
     return [[i for i in b if i != 0] for b in for_all if b != [0]]
 
 
 def buckets_sharing_a_boundary(sizes, cap):  # each new bucket repeats the last parameter
-    result = buckets(sizes, cap)
+    result = my_buckets(sizes, cap)
     for k in range(1, len(result)):
         result[k] = [result[k - 1][-1], *result[k]]
     return result
 
 
-@pytest.mark.parametrize("fn", [buckets, buckets_sorted_inside])
+@pytest.mark.parametrize("fn", [buckets_sorted_inside])
 def test_buckets_accepts_correct_answers(fn):
     assert verdict("08.buckets", fn) == (CORRECT, "")
 
@@ -618,3 +594,173 @@ def test_the_hints_of_each_checker_differ():
     for exercise, fns in hints.items():
         said = [verdict(exercise, fn)[1] for fn in fns]
         assert len(set(said)) == len(said), exercise
+
+
+# ---- 08.overlapped_ddp: the notebook's own solution, and learners' versions of it
+
+
+def overlapped_ddp_dividing_first(module, all_reduce=dist.all_reduce):
+    """Another right answer: divide before the sum (as torch's DDP does), keep only the works."""
+    works = []
+
+    def hook(p):
+        p.grad /= dist.get_world_size()
+        works.append(all_reduce(p.grad, async_op=True))
+
+    for p in module.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(hook)
+
+    def finish():
+        while works:
+            works.pop().wait()
+
+    return finish
+
+
+def overlapped_ddp(start=None, finish=None, register=None):
+    """The notebook's skeleton, with some of its parts written another way."""
+
+    def my_overlapped_ddp(module, all_reduce=dist.all_reduce):
+        K, pending = dist.get_world_size(), []
+
+        def start_all_reduce(p):
+            if start:
+                return start(p, all_reduce, pending)
+            pending.append((p, all_reduce(p.grad, async_op=True)))
+
+        def finish_sync():
+            if finish:
+                return finish(module, pending, K)
+            for p, work in pending:
+                work.wait()
+                p.grad /= K
+            pending.clear()
+
+        if register:
+            register(module, start_all_reduce)
+        else:
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(start_all_reduce)
+        return finish_sync
+
+    return my_overlapped_ddp
+
+
+def wait_without_dividing(module, pending, K):
+    for _, work in pending:
+        work.wait()
+    pending.clear()
+
+
+def wait_and_divide_twice(module, pending, K):
+    for p, work in pending:
+        work.wait()
+        p.grad /= K * K
+    pending.clear()
+
+
+def wait_but_keep_the_list(module, pending, K):
+    for p, work in pending:
+        work.wait()
+        p.grad /= K
+
+
+def divide_without_waiting(module, pending, K):  # the sum may not have arrived yet
+    for p, _ in pending:
+        p.grad /= K
+    pending.clear()
+
+
+def divide_every_parameter(module, pending, K):  # the frozen one has no gradient
+    for _, work in pending:
+        work.wait()
+    for p in module.parameters():
+        p.grad /= K
+    pending.clear()
+
+
+def start_and_wait(p, all_reduce, pending):  # no overlap: backward stops at every hook
+    all_reduce(p.grad, async_op=True).wait()
+    p.grad /= dist.get_world_size()
+
+
+def start_blocking(p, all_reduce, pending):
+    all_reduce(p.grad)
+    p.grad /= dist.get_world_size()
+
+
+def start_on_the_parameter(p, all_reduce, pending):
+    pending.append((p, all_reduce(p.data, async_op=True)))
+
+
+def start_with_dist(p, all_reduce, pending):  # ignores the all_reduce it is given
+    pending.append((p, dist.all_reduce(p.grad, async_op=True)))
+
+
+def register_every_parameter(module, hook):  # the frozen one too
+    for p in module.parameters():
+        p.register_post_accumulate_grad_hook(hook)
+
+
+def register_every_name(module, hook):  # the tied embedding twice
+    for _, p in module.named_parameters(remove_duplicate=False):
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(hook)
+
+
+def register_nothing(module, hook):
+    pass
+
+
+def all_after_backward(module, all_reduce=dist.all_reduce):  # notebook 07's loop: no hooks
+    def finish():
+        works = [
+            (p, all_reduce(p.grad, async_op=True))
+            for p in module.parameters()
+            if p.grad is not None
+        ]
+        for p, work in works:
+            work.wait()
+            p.grad /= dist.get_world_size()
+
+    return finish
+
+
+def returns_finish_called(module, all_reduce=dist.all_reduce):
+    return my_overlapped_ddp(module, all_reduce)()
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        overlapped_ddp(),
+        overlapped_ddp_dividing_first,
+    ],
+)
+def test_overlapped_ddp_accepts_correct_answers(fn):
+    assert verdict("08.overlapped_ddp", fn) == (CORRECT, "")
+
+
+OVERLAPPED_MISTAKES = [
+    (overlapped_ddp(finish=wait_without_dividing), "divide each by K"),
+    (overlapped_ddp(finish=wait_and_divide_twice), "divided by K twice"),
+    (overlapped_ddp(finish=wait_but_keep_the_list), "pending.clear()"),
+    (overlapped_ddp(finish=divide_without_waiting), "never waited for"),
+    (overlapped_ddp(finish=divide_every_parameter), "has no gradient"),
+    (overlapped_ddp(start=start_and_wait), "inside the hook"),
+    (overlapped_ddp(start=start_blocking), "without async_op=True"),
+    (overlapped_ddp(start=start_on_the_parameter), "not its gradient"),
+    (overlapped_ddp(start=start_with_dist), "not dist.all_reduce"),
+    (overlapped_ddp(register=register_every_parameter), "frozen parameter"),
+    (overlapped_ddp(register=register_every_name), "registered twice"),
+    (overlapped_ddp(register=register_nothing), "no all-reduce was started"),
+    (all_after_backward, "after backward had ended"),
+    (returns_finish_called, "return finish"),
+]
+
+
+@pytest.mark.parametrize(("fn", "words"), OVERLAPPED_MISTAKES)
+def test_overlapped_ddp_recognises_mistakes(fn, words):
+    assert_hint("08.overlapped_ddp", fn, words)

@@ -117,7 +117,7 @@ WRONG = [
     ("10.micro_batch", lambda B, nodes, gpus, accum: B // (nodes * gpus) * accum, "not multiply"),
     ("10.micro_batch", lambda B, nodes, gpus, accum: B * nodes * gpus * accum, "shared out"),
     # 11.model_state_bytes
-    ("11.model_state_bytes", lambda P, s, dp: _states(P, s, dp, k=8), "K = 12"),
+    ("11.model_state_bytes", lambda P, s, dp: _states(P, s, dp, k=8), "κ = 12"),
     ("11.model_state_bytes", lambda P, s, dp: _states(P, s, dp, w=4, g=4), "16-bit"),
     ("11.model_state_bytes", lambda P, s, dp: 16 * P / dp if s else 16 * P, "stage 1 shards"),
     ("11.model_state_bytes", lambda P, s, dp: _states(P, min(s + 1, 3), dp), "stage 2 also"),
@@ -126,15 +126,15 @@ WRONG = [
     # 11.bubble_fraction
     ("11.bubble_fraction", lambda p, m: (p - 1) / m, "relative to the busy time"),
     ("11.bubble_fraction", lambda p, m: m / (m + p - 1), "busy share"),
-    ("11.bubble_fraction", lambda p, m: (p - 1) / p, "m belongs"),
-    ("11.bubble_fraction", lambda p, m: (p - 1) / (m + p), "m + p - 1 slots"),
-    ("11.bubble_fraction", lambda p, m: 1 / m, "p belongs"),
+    ("11.bubble_fraction", lambda p, m: (p - 1) / p, "M belongs"),
+    ("11.bubble_fraction", lambda p, m: (p - 1) / (m + p), "M + S - 1 slots"),
+    ("11.bubble_fraction", lambda p, m: 1 / m, "S belongs"),
     ("11.bubble_fraction", lambda p, m: math.log(p) / m, "compare your result"),
     # 11.tp_mlp_partial
     ("11.tp_mlp_partial", _bias_everywhere, "bias once"),
     ("11.tp_mlp_partial", _no_gelu, "apply GELU"),
     ("11.tp_mlp_partial", _strided, "contiguous block"),
-    ("11.tp_mlp_partial", _split_inputs, "not its h inputs"),
+    ("11.tp_mlp_partial", _split_inputs, "not its d inputs"),
     ("11.tp_mlp_partial", lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T,
      "whole MLP"),
 ]  # fmt: skip

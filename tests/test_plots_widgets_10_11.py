@@ -75,7 +75,7 @@ def test_zero_stages_reproduce_the_papers_figure():
 def test_tensor_parallel_mlp_draws_each_gpus_shards(t):
     ax = plots.tensor_parallel_mlp(t).axes[0]
     labels = texts(ax)
-    assert all(f"$A_{r}$" in labels and f"$B_{r}$" in labels for r in range(t))
+    assert all(f"$W_{{1,{r}}}$" in labels and f"$W_{{2,{r}}}$" in labels for r in range(t))
     assert sum("GPU" in s for s in labels) == t
 
 

@@ -26,6 +26,7 @@ from minidp.course.checks import (  # noqa: F401  (importing a notebook's module
     nb06_all_reduce,
     nb07_ddp_by_hand,
     nb08_overlap_and_buckets,
+    nb08_overlapped_ddp,
     nb09_gradient_accumulation,
     nb10_training_a_gpt,
     nb11_beyond_data_parallel,

@@ -28,8 +28,8 @@ def _check_model_state_bytes(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda P, s, dp: _model_states(P, s, dp, sizes=(2, 2, 8)),
-            "mixed-precision Adam keeps K = 12 bytes per parameter: an fp32 copy of the weights "
-            "(4), the momentum (4) and the variance (4)",
+            "mixed-precision Adam keeps κ = 12 bytes per parameter: an fp32 copy of the weights "
+            "(4), the momentum μ (4) and the variance ν (4)",
         ),
         (
             lambda P, s, dp: _model_states(P, s, dp, sizes=(4, 4, 12)),
@@ -52,14 +52,14 @@ def _check_bubble_fraction(fn: Callable) -> CheckResult:
     cases = [(4, 8), (2, 1), (8, 32), (3, 5), (1, 4)]
     mistakes = [
         (
-            lambda p, m: (p - 1) / m,
+            lambda S, M: (S - 1) / M,
             "that is the idle time relative to the busy time; as a share of all the time it is "
-            "(p - 1) / (m + p - 1)",
+            "(S - 1) / (M + S - 1), with S stages and M micro-batches",
         ),
-        (lambda p, m: m / (m + p - 1), "that is the busy share: the bubble is what is left"),
-        (lambda p, m: (p - 1) / p, "more micro-batches shrink the bubble: m belongs in it"),
-        (lambda p, m: (p - 1) / (m + p), "the forwards of m micro-batches fill m + p - 1 slots"),
-        (lambda p, m: 1 / m, "a single stage (p = 1) never waits: p belongs in it"),
+        (lambda S, M: M / (M + S - 1), "that is the busy share: the bubble is what is left"),
+        (lambda S, M: (S - 1) / S, "more micro-batches shrink the bubble: M belongs in it"),
+        (lambda S, M: (S - 1) / (M + S), "the forwards of M micro-batches fill M + S - 1 slots"),
+        (lambda S, M: 1 / M, "a single stage (S = 1) never waits: S belongs in it"),
     ]
     return compare("11.bubble_fraction", fn, model_parallel.bubble_fraction, cases, mistakes)
 
@@ -96,7 +96,7 @@ def _check_tp_mlp_partial(fn: Callable) -> CheckResult:
         (
             lambda x, W1, b1, W2, b2, r, t: _tp_partial(x, W1, b1, W2, b2, r, t) + b2,
             "add the second bias once, after the all-reduce: added on every rank, the sum "
-            "would hold it t times",
+            "would hold it τ times",
         ),
         (
             lambda x, W1, b1, W2, b2, r, t: (
@@ -107,21 +107,21 @@ def _check_tp_mlp_partial(fn: Callable) -> CheckResult:
         ),
         (
             strided,
-            "take the contiguous block of hidden units [r·4h/t, (r+1)·4h/t), as "
+            "take the contiguous block of hidden units [r·4d/τ, (r+1)·4d/τ), as "
             "minidp.model_parallel.shard_range gives it",
         ),
         (
             input_split,
-            "split the first matrix by its 4h outputs, not its h inputs: GELU is not linear, "
+            "split the first matrix by its 4d outputs, not its d inputs: GELU is not linear, "
             "so it cannot be applied to partial sums",
         ),
         (
             lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T,
-            "that is the whole MLP's output: each rank computes only its share, its 4h/t units",
+            "that is the whole MLP's output: each rank computes only its share, its 4d/τ units",
         ),
         (
             lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T + b2,
-            "that is the whole MLP's output: each rank computes only its share, its 4h/t units",
+            "that is the whole MLP's output: each rank computes only its share, its 4d/τ units",
         ),
     ]
     return compare("11.tp_mlp_partial", fn, _tp_partial, _tp_cases(), mistakes)

@@ -161,8 +161,8 @@ def _judge_zero2(exercise, K, thetas, refs, kept, shard_grad, S) -> CheckResult:
     if not same(thetas[0], thetas[-1]):
         return hint("the ranks ended with different parameters: every rank needs every shard")
     return hint(
-        "compare with the picture: pad the flat gradient to K * S, reduce-scatter it (rank r "
-        "gets the sum of chunk r), divide by K, step the shard, all-gather, copy back"
+        "compare with the picture: pad the flat gradient to K * shard.numel(), reduce-scatter "
+        "it (rank r gets the sum of chunk r), divide by K, step the shard, all-gather, copy back"
     )
 
 

@@ -125,8 +125,9 @@ def _block(ax, x: float, y: float, w: float, h: float, colour, text: str = "") -
 
 
 def tensor_parallel_mlp(t: int = 2) -> Figure:
-    """Megatron's MLP on t GPUs: A split by columns, B by rows; one all-reduce sums the parts,
-    and every GPU ends with the whole output Z (the second bias is added after the sum)."""
+    """Megatron's MLP on t GPUs (τ in the notebook): W1 split by columns, W2 by rows; one
+    all-reduce sums the parts, and every GPU ends with the whole output Z (the second bias is
+    added after the sum)."""
     fig = Figure(figsize=(10, 1.3 + 1.1 * t), layout="constrained")
     ax = fig.subplots()
     height = (t - 1) * 1.3 + 1.0
@@ -134,9 +135,9 @@ def tensor_parallel_mlp(t: int = 2) -> Figure:
         y, c = (t - 1 - r) * 1.3, f"C{r}"
         ax.text(-0.3, y + 0.5, f"GPU {r}", ha="right", va="center", fontsize=9)
         _block(ax, 0, y, 1.0, 1.0, "0.85", "X")
-        _block(ax, 1.5, y, 0.6, 1.0, c, f"$A_{r}$")
-        _block(ax, 2.6, y, 0.8, 1.0, c, f"GELU\n$(XA_{r})$")
-        _block(ax, 3.9, y + 0.2, 1.0, 0.6, c, f"$B_{r}$")
+        _block(ax, 1.5, y, 0.6, 1.0, c, f"$W_{{1,{r}}}$")
+        _block(ax, 2.6, y, 0.8, 1.0, c, f"GELU\n$(XW_{{1,{r}}})$")
+        _block(ax, 3.9, y + 0.2, 1.0, 0.6, c, f"$W_{{2,{r}}}$")
         _block(ax, 5.4, y, 1.0, 1.0, c, f"$Z_{r}$")
         _block(ax, 7.9, y, 1.0, 1.0, "0.85", "Z")
         for x0, x1 in ((1.0, 1.5), (2.1, 2.6), (3.4, 3.9), (4.9, 5.4), (6.4, 6.9), (7.4, 7.9)):
@@ -145,8 +146,8 @@ def tensor_parallel_mlp(t: int = 2) -> Figure:
     ax.text(
         7.15, height / 2, "all-reduce: Z = Σ Z_r", rotation=90, ha="center", va="center", fontsize=9
     )
-    ax.text(1.8, height + 0.15, "A: h × 4h,\ncolumns split", ha="center", fontsize=9)
-    ax.text(4.4, height + 0.15, "B: 4h × h,\nrows split", ha="center", fontsize=9)
+    ax.text(1.8, height + 0.15, "$W_1$: d × 4d,\ncolumns split", ha="center", fontsize=9)
+    ax.text(4.4, height + 0.15, "$W_2$: 4d × d,\nrows split", ha="center", fontsize=9)
     ax.set(xlim=(-1.2, 9.1), ylim=(-0.2, height + 0.8), aspect="equal")
     ax.axis("off")
     return fig
@@ -203,8 +204,8 @@ def parallel_layout(dp: int, tp: int, pp: int) -> Figure:
         ax.text(-0.2, p * 1.2 + 0.5, f"stage {p}", ha="right", va="center", fontsize=9)
     ax.set(xlim=(-1.3, dp * (tp + 0.5)), ylim=(pp * 1.2, -0.6), aspect="equal")
     ax.set_title(
-        f"dp = {dp}, tp = {tp}, pp = {pp}: {dp * tp * pp} GPUs\ndashed box: one tensor-parallel "
-        "group; row: a pipeline stage; colour: a data-parallel replica",
+        f"K = {dp} replicas, τ = {tp}, S = {pp} stages: G = {dp * tp * pp} GPUs\ndashed box: one "
+        "tensor-parallel group; row: a pipeline stage; colour: a data-parallel replica",
         fontsize=9,
     )
     ax.axis("off")

@@ -25,7 +25,9 @@ class MemoryCalculator:
         self.model = W.Dropdown(options=list(memory.MODELS), value=model, description="model")
         self.gpu = W.Dropdown(options=list(memory.GPUS), value=gpu, description="GPU")
         powers = [2**i for i in range(11)]  # 1 to 1024 GPUs
-        self.gpus = W.SelectionSlider(options=powers, value=gpus, description="GPUs", style=style)
+        self.gpus = W.SelectionSlider(
+            options=powers, value=gpus, description="GPUs (G)", style=style
+        )
         self.zero_stage = W.ToggleButtons(
             options=[0, 1, 2, 3], description="ZeRO stage", style=style
         )
@@ -34,10 +36,10 @@ class MemoryCalculator:
         )
         split = dict(style=style, layout=W.Layout(width="180px"))  # GPUs per tensor/pipeline group
         self.tensor_parallel = W.Dropdown(
-            options=[1, 2, 4, 8], description="tensor parallel", **split
+            options=[1, 2, 4, 8], description="tensor parallel (τ)", **split
         )
         self.pipeline_parallel = W.Dropdown(
-            options=[1, 2, 4, 8, 16], description="pipeline parallel", **split
+            options=[1, 2, 4, 8, 16], description="pipeline stages (S)", **split
         )
         self.micro_batch = W.SelectionSlider(
             options=[1, 2, 4, 8, 16, 32], value=1, description="micro-batch", style=style
@@ -96,7 +98,8 @@ class MemoryCalculator:
         s = self.setup
         self.label.value = (
             f"<b>{self.status}</b>: {self.total / memory.GB:,.1f} GB on the busiest GPU of "
-            f"{s.gpus} ({s.data_parallel} replicas of {s.tensor_parallel * s.pipeline_parallel} "
+            f"G = {s.gpus} (K = {s.data_parallel} replicas of "
+            f"τ × S = {s.tensor_parallel * s.pipeline_parallel} "
             f"GPU{'s' if s.tensor_parallel * s.pipeline_parallel > 1 else ''}); "
             f"one {self.gpu.value} holds {capacity / memory.GB:,.0f} GB"
         )

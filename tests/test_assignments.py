@@ -31,6 +31,10 @@ from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED, sa
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ZH = sorted((ROOT / "notebooks" / "zh").glob("[0-9][0-9]_*.ipynb"))
+# The Chinese notebooks run the English code; these stand for them in the graded runs (one of
+# plain functions, one on worker processes, the last), as far as they are translated.
+ZH_GRADED = [path for path in ZH if path.name[:2] in ("01", "06", "12")]
 LOSS = ROOT / "notebooks" / "01_loss.ipynb"
 
 
@@ -168,10 +172,11 @@ def test_student_versions_never_overwrite_the_source(tmp_path):
     assert "overwrite" in str(exit.value.code)
 
 
-def test_student_versions_of_the_course_hold_no_solution(tmp_path):
-    assignments.main(["student", str(ROOT / "notebooks"), str(tmp_path)])
-    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
-    for path in NOTEBOOKS:
+@pytest.mark.parametrize("edition", [NOTEBOOKS, ZH], ids=["en", "zh"])
+def test_student_versions_of_the_course_hold_no_solution(tmp_path, edition):
+    assignments.main(["student", str(edition[0].parent), str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in edition]
+    for path in edition:
         solved, student = (nbformat.read(p, as_version=4) for p in (path, tmp_path / path.name))
         text = "\n".join(c.source for c in student.cells)
         assert "SOLUTION" not in text and "HIDDEN TESTS" not in text, path.name
@@ -197,11 +202,15 @@ def verdicts(graded: dict, status: str, notebook: Path) -> str | None:
 
 @pytest.mark.grading
 @pytest.mark.timeout(3600)
-def test_the_course_grades_its_solutions_full_and_its_student_versions_zero(tmp_path):
+@pytest.mark.parametrize("edition", [NOTEBOOKS, ZH_GRADED], ids=["en", "zh"])
+def test_the_course_grades_its_solutions_full_and_its_student_versions_zero(tmp_path, edition):
     # The solutions as committed, and the student versions: every cell runs without an error, and
     # the grader, judging the recorded answers in its own process, agrees with the notebooks.
-    students = assignments.write_student_versions(ROOT / "notebooks", tmp_path / "student")
-    runs = [(path, CORRECT) for path in NOTEBOOKS] + [(path, NOT_ATTEMPTED) for path in students]
+    if not edition:
+        pytest.skip("none of the Chinese notebooks graded here is translated yet")
+    out = tmp_path / "student"
+    students = [s for path in edition for s in assignments.write_student_versions(path, out)]
+    runs = [(path, CORRECT) for path in edition] + [(path, NOT_ATTEMPTED) for path in students]
     # Two graders at a time (each kernel starts worker processes on 2 cores), each with every
     # other notebook; one that fails next to another gets a run of its own, so that a timing-
     # sensitive cell is not blamed on contention.

@@ -28,6 +28,14 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The Chinese edition runs the same code: its notebooks with widgets are opened too, to see the
+# labels the package translates (and 00, where the Chinese course starts).
+ZH = [
+    path
+    for path in sorted((ROOT / "notebooks" / "zh").glob("[0-9][0-9]_*.ipynb"))
+    if path.name.startswith("00_") or "widgets." in path.read_text(encoding="utf-8")
+]
+CJK = re.compile("[\u4e00-\u9fff]")
 RUN_TIMEOUT_MS = 300_000  # Run All of one notebook; the 60 s budget is test_binder's to check
 DRAWS = re.compile(r"minidp\.plots\.|minidp\.widgets\.|plt\.")  # in a code cell
 IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
@@ -167,10 +175,15 @@ def exercise_widgets(page, lab) -> list[str]:
     return moved
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def name(path: Path) -> str:
+    """01_loss, or zh-01_loss for the Chinese edition's."""
+    return f"{path.parent.name}-{path.stem}" if path.parent.name != "notebooks" else path.stem
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + ZH, ids=[name(p) for p in NOTEBOOKS + ZH])
 def test_notebook_in_jupyterlab(path, lab, browser, browser_rows):
     page = browser.new_page()
-    relative = f"notebooks/{path.name}"
+    relative = path.relative_to(ROOT).as_posix()
     passed = False
     try:
         page.goto(f"{lab.url}/lab/tree/{relative}?reset&token={lab.token}")
@@ -199,16 +212,19 @@ def test_notebook_in_jupyterlab(path, lab, browser, browser_rows):
         if DRAWS.search("\n".join(code)):
             assert loaded, f"{path.name} draws, but no plot is on the page"
 
-        shoot(page, lab.screenshots / f"{path.stem}.png")  # as Run All left it
+        shoot(page, lab.screenshots / f"{name(path)}.png")  # as Run All left it
         moved = exercise_widgets(page, lab)
         widgets = page.locator("[data-test-widget]").count()
         assert widgets >= widget_outputs, f"{path.name}: {widget_outputs - widgets} not rendered"
+        if path in ZH and widgets:
+            shown = " ".join(page.locator("[data-test-widget]").all_inner_texts())
+            assert CJK.search(shown), f"{path.name}: its widgets speak no Chinese: {shown[:200]!r}"
         summary = f"{widgets} ({len(moved)} controls moved)" if widgets else "-"
-        browser_rows.append((path.stem, seconds, len(loaded), summary))
+        browser_rows.append((name(path), seconds, len(loaded), summary))
         passed = True
     finally:
         if not passed:  # what the page showed when the test failed
-            shoot(page, lab.screenshots / f"{path.stem}-failed.png")
+            shoot(page, lab.screenshots / f"{name(path)}-failed.png")
         page.close()
         left = lab.end_sessions()
     assert not left, f"{path.name}: processes outlived their kernel (now killed): {left}"

@@ -17,7 +17,8 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
-from minidp.course import assignments, checks, plots
+from minidp import data, linear
+from minidp.course import assignments, checks, plots, widgets
 from minidp.course.i18n import _, get_language, set_language
 from minidp.course.translate import Edition, build, check, update
 from minidp.course.translate.__main__ import main
@@ -328,6 +329,36 @@ def test_set_language_switches_the_checkers_verdicts_and_figure_labels():
     assert get_language() == "en" and _("correct") == "correct"
     with pytest.raises(ValueError, match="unknown language 'fr'"):
         set_language("fr")
+
+
+def test_the_checkers_and_widgets_of_notebooks_02_and_03_speak_chinese():
+    before = list(checks.RESULTS)
+    no_mean = lambda theta, X, y: X.T @ (X @ theta - y)  # noqa: E731  (forgot the 1/m)
+
+    def summed(theta, X, y, K, lr):  # the K gradients added, never divided by K
+        shard = lambda t, k: data.rank_slice(t, k, K)  # noqa: E731
+        return theta - lr * sum(linear.mse_grad(theta, shard(X, k), shard(y, k)) for k in range(K))
+
+    X, y = data.linear_data(m=24, theta=(1.0, 2.0), noise=0.5, x_range=(0.0, 3.0))
+    try:
+        set_language("zh")
+        grad, step = checks.check("02.mse_grad", no_mean), checks.check("03.dp_step", summed)
+        shown = str(grad), str(step)
+        explorer = widgets.LearningRateExplorer(X, y, lr=0.01)
+        averaging = widgets.GradientAveraging(X, y, X.new_tensor([1.0, 2.0]), K=4)
+    finally:
+        set_language("en")
+        checks.RESULTS[:] = before
+    assert grad.status == step.status == checks.INCORRECT  # data stays English
+    assert shown == (
+        "❌ 02.mse_grad: 不正确。J 是平均值，所以它的梯度带有系数 1/m",
+        "❌ 03.dp_step: 不正确。全归约对 K 个梯度求的是和：还要把和除以 K",
+    )
+    assert explorer.status == "slow" and explorer.label.value.startswith("<b>太慢</b>: 30 步之内")
+    assert explorer.lr.description == "学习率 η"
+    assert averaging.label.value.startswith("4 个工作进程，每个 6 个样本；")
+    legend = [t.get_text() for t in averaging.fig.axes[0].get_legend().get_texts()]
+    assert legend == ["4 个工作进程的梯度", "它们的平均", "全批量梯度"]
 
 
 def test_package_messages_must_be_translated_and_keep_their_placeholders(tmp_path):

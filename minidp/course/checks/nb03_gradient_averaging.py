@@ -8,6 +8,7 @@ from torch import Tensor
 from minidp import data, linear
 from minidp.course.checks.core import CheckResult, checker, compare
 from minidp.course.checks.nb01_loss import linear_cases
+from minidp.course.i18n import _
 
 
 def _worker_grads(theta: Tensor, X: Tensor, y: Tensor, K: int) -> list[Tensor]:
@@ -27,19 +28,22 @@ def _check_worker_grads(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda t, X, y, K: [linear.mse_grad(t, X[k::K], y[k::K]) for k in range(K)],
-            "worker k takes the contiguous rows [k m/K, (k+1) m/K), as minidp.data.rank_slice does",
+            _(
+                "worker k takes the contiguous rows [k m/K, (k+1) m/K), "
+                "as minidp.data.rank_slice does"
+            ),
         ),
         (
             lambda t, X, y, K: [g / K for g in _worker_grads(t, X, y, K)],
-            "each worker's loss is the mean over its own m/K examples: divide by m/K, not m",
+            _("each worker's loss is the mean over its own m/K examples: divide by m/K, not m"),
         ),
         (
             lambda t, X, y, K: [g * len(y) / K for g in _worker_grads(t, X, y, K)],
-            "each worker's loss is a mean, not a sum: divide by its m/K examples",
+            _("each worker's loss is a mean, not a sum: divide by its m/K examples"),
         ),
         (
             lambda t, X, y, K: [linear.mse_grad(t, X, y)] * K,
-            "each worker sees only its shard of the data, not all of it",
+            _("each worker sees only its shard of the data, not all of it"),
         ),
     ]
     return compare("03.worker_grads", fn, _worker_grads, _sharded_cases(), mistakes)
@@ -57,13 +61,13 @@ def _check_weighted_average(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda grads, sizes: torch.stack(grads).mean(0),
-            "a plain mean treats unequal shards alike: weight shard k by m_k / m",
+            _("a plain mean treats unequal shards alike: weight shard k by m_k / m"),
         ),
-        (weighted_sum, "divide by the total number of examples m = sum of the m_k"),
-        (lambda grads, sizes: sum(grads), "that is a sum: weight each shard by m_k / m"),
+        (weighted_sum, _("divide by the total number of examples m = sum of the m_k")),
+        (lambda grads, sizes: sum(grads), _("that is a sum: weight each shard by m_k / m")),
         (
             lambda grads, sizes: weighted_sum(grads, sizes) / (sum(sizes) * len(sizes)),
-            "the weights m_k / m already sum to 1: do not also divide by K",
+            _("the weights m_k / m already sum to 1: do not also divide by K"),
         ),
     ]
     return compare("03.weighted_average", fn, linear.average_gradients, cases, mistakes)
@@ -78,22 +82,22 @@ def _check_dp_step(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.sum(0)),
-            "an all-reduce sums the K gradients: divide the sum by K",
+            _("an all-reduce sums the K gradients: divide the sum by K"),
         ),
         (
             lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.sum(0) / m),
-            "divide the sum by the number of workers K, not of examples m",
+            _("divide the sum by the number of workers K, not of examples m"),
         ),
         (
             lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G.mean(0) / K),
-            "you divided by K twice: the mean of the K gradients is already the average",
+            _("you divided by K twice: the mean of the K gradients is already the average"),
         ),
         (
             lambda t, X, y, K, lr: stepped(t, X, y, K, lr, lambda G, K, m: G[0]),
-            "that is worker 0's gradient alone: average all K workers' gradients",
+            _("that is worker 0's gradient alone: average all K workers' gradients"),
         ),
-        (lambda t, X, y, K, lr: reference(t, X, y, K, -lr), "step against the gradient"),
-        (lambda t, X, y, K, lr: reference(t, X, y, K, 1.0), "multiply by the learning rate"),
+        (lambda t, X, y, K, lr: reference(t, X, y, K, -lr), _("step against the gradient")),
+        (lambda t, X, y, K, lr: reference(t, X, y, K, 1.0), _("multiply by the learning rate")),
     ]
     cases = [(*case, lr) for case, lr in zip(_sharded_cases(), (0.1, 0.05, 0.2), strict=True)]
     return compare("03.dp_step", fn, reference, cases, mistakes)

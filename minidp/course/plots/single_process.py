@@ -95,7 +95,7 @@ def descent_paths(X: Tensor, y: Tensor, paths: dict[str, Tensor], limits=LIMITS)
         ax.plot(*path[0].tolist(), marker="o", color=line.get_color())
     ax.plot(*linear.least_squares(X, y).tolist(), marker="*", markersize=12, color="k")
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Gradient descent on the contours of J (★: the minimum)")
+    ax.set_title(_("Gradient descent on the contours of J (★: the minimum)"))
     return fig
 
 
@@ -105,7 +105,7 @@ def loss_curves(curves: dict[str, Tensor], ylabel: str = r"$J(\theta)$") -> Figu
     ax = fig.subplots()
     for label, losses in curves.items():
         ax.plot(losses, label=label)
-    ax.set(yscale="log", xlabel="step", ylabel=ylabel)
+    ax.set(yscale="log", xlabel=_("step"), ylabel=ylabel)
     ax.legend(fontsize=8)
     return fig
 
@@ -117,10 +117,15 @@ def gradient_clouds(clouds: dict[str, Tensor], full: Tensor) -> Figure:
     for label, grads in clouds.items():
         ax.scatter(grads[:, 0], grads[:, 1], s=6, alpha=0.5, label=label)
     ax.plot(
-        *full.tolist(), marker="*", markersize=14, color="k", linestyle="none", label="full batch"
+        *full.tolist(),
+        marker="*",
+        markersize=14,
+        color="k",
+        linestyle="none",
+        label=_("full batch"),
     )
     ax.set(xlabel=r"$\partial J / \partial \theta_0$", ylabel=r"$\partial J / \partial \theta_1$")
-    ax.set_title("Mini-batch gradients scatter around the full-batch gradient")
+    ax.set_title(_("Mini-batch gradients scatter around the full-batch gradient"))
     ax.legend(fontsize=8)
     return fig
 
@@ -144,7 +149,7 @@ def worker_gradients(grads: Tensor, mean: Tensor, full: Tensor) -> Figure:
         color="tab:blue",
         alpha=0.5,
         width=0.006,
-        label=f"{len(grads)} workers' gradients",
+        label=_("{K} workers' gradients").format(K=len(grads)),
     )
     ax.quiver(
         0,
@@ -156,7 +161,7 @@ def worker_gradients(grads: Tensor, mean: Tensor, full: Tensor) -> Figure:
         scale=1,
         color="tab:red",
         width=0.012,
-        label="their mean",
+        label=_("their mean"),
     )
     ax.plot(
         *full.tolist(),
@@ -164,7 +169,7 @@ def worker_gradients(grads: Tensor, mean: Tensor, full: Tensor) -> Figure:
         markersize=14,
         color="k",
         linestyle="none",
-        label="full-batch gradient",
+        label=_("full-batch gradient"),
     )
     reach = 1.15 * float(torch.cat([grads.abs().flatten(), full.abs()]).max())
     ax.set(xlim=(-reach, reach), ylim=(-reach, reach), aspect="equal")

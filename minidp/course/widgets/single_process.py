@@ -6,9 +6,14 @@ from torch import Tensor
 
 from minidp import data, linear
 from minidp.course import plots
+from minidp.course.i18n import N_, _
 from minidp.course.widgets.core import draw
 
 # ---- 02 gradient descent
+
+# The statuses are data (the notebook asserts them): they stay English; only what is shown is
+# translated.
+CONVERGES, SLOW, DIVERGES = N_("converges"), N_("slow"), N_("diverges")
 
 
 class LearningRateExplorer:
@@ -28,16 +33,16 @@ class LearningRateExplorer:
             min=-2.5,
             max=0,
             step=0.05,
-            description="learning rate η",
+            description=_("learning rate η"),
             style=style,
         )
         self.start0 = W.FloatSlider(
-            value=start[0], min=-3, max=5, step=0.25, description="start θ₀"
+            value=start[0], min=-3, max=5, step=0.25, description=_("start θ₀")
         )
         self.start1 = W.FloatSlider(
-            value=start[1], min=-2, max=6, step=0.25, description="start θ₁"
+            value=start[1], min=-2, max=6, step=0.25, description=_("start θ₁")
         )
-        self.steps = W.IntSlider(value=steps, min=1, max=100, description="steps")
+        self.steps = W.IntSlider(value=steps, min=1, max=100, description=_("steps"))
         self.label = W.HTML()
         self.image = W.Image(format="png")
         for control in (self.lr, self.start0, self.start1, self.steps):
@@ -58,15 +63,16 @@ class LearningRateExplorer:
         self.losses = torch.stack([linear.mse_loss(theta, self.X, self.y) for theta in self.path])
         first, last = self.losses[0].item(), self.losses[-1].item()
         if not last < first:  # also catches inf and nan
-            self.status = "diverges"
+            self.status = DIVERGES
         elif last - self.best <= 0.01 * (first - self.best):
-            self.status = "converges"
+            self.status = CONVERGES
         else:
-            self.status = "slow"
-        self.label.value = (
-            f"<b>{self.status}</b>: J went from {first:.3g} to {last:.3g} "
-            f"in {self.steps.value} steps (the minimum is {self.best:.3g})"
+            self.status = SLOW
+        words = _(
+            "J went from {first:.3g} to {last:.3g} in {steps} steps (the minimum is {best:.3g})"
         )
+        words = words.format(first=first, last=last, steps=self.steps.value, best=self.best)
+        self.label.value = f"<b>{_(self.status)}</b>: {words}"
         self.fig = plots.descent_paths(self.X, self.y, {f"η = {self.lr.value:.3g}": self.path})
         draw(self.image, self.fig)
 
@@ -89,7 +95,7 @@ class GradientAveraging:
         self.full = linear.mse_grad(theta, X, y)  # what the workers must agree on, whatever K
         divisors = [d for d in range(1, max_K + 1) if len(y) % d == 0]  # equal shards only
         # K, the number of workers, as in the notebook's formulas (k is one worker's index).
-        self.K = W.SelectionSlider(options=divisors, value=K, description="workers K")
+        self.K = W.SelectionSlider(options=divisors, value=K, description=_("workers K"))
         self.label = W.HTML()
         self.image = W.Image(format="png")
         self.K.observe(lambda change: self.update(), names="value")
@@ -102,10 +108,10 @@ class GradientAveraging:
         self.grads = torch.stack([linear.mse_grad(self.theta, Xk, yk) for Xk, yk in shards])
         self.mean = linear.average_gradients(list(self.grads))
         gap = (self.mean - self.full).abs().max().item()
-        self.label.value = (
-            f"{K} workers with {len(self.y) // K} examples each; "
-            f"largest difference between their mean and the full-batch gradient: {gap:.1e}"
-        )
+        self.label.value = _(
+            "{K} workers with {size} examples each; "
+            "largest difference between their mean and the full-batch gradient: {gap:.1e}"
+        ).format(K=K, size=len(self.y) // K, gap=gap)
         self.fig = plots.worker_gradients(self.grads, self.mean, self.full)
         draw(self.image, self.fig)
 

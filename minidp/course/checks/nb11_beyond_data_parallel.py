@@ -8,6 +8,7 @@ from torch import Tensor
 
 from minidp import model_parallel
 from minidp.course.checks.core import CheckResult, checker, compare
+from minidp.course.i18n import _
 
 
 def _model_states(params, zero_stage, dp, sizes=(2, 2, 12), shift=0, shard_all=False) -> float:
@@ -24,25 +25,29 @@ def _model_states(params, zero_stage, dp, sizes=(2, 2, 12), shift=0, shard_all=F
 def _check_model_state_bytes(fn: Callable) -> CheckResult:
     # Stage 2 before stage 1: there, sharding nothing and shifting the stages by one differ.
     cases = [(1e9, 0, 8), (2e9, 2, 16), (7.5e9, 1, 64), (2e9, 3, 16), (3e9, 1, 4)]
-    stages = "stage 1 shards the optimizer state, stage 2 also the gradients, stage 3 also weights"
+    stages = _(
+        "stage 1 shards the optimizer state, stage 2 also the gradients, stage 3 also weights"
+    )
     mistakes = [
         (
             lambda P, s, dp: _model_states(P, s, dp, sizes=(2, 2, 8)),
-            "mixed-precision Adam keeps κ = 12 bytes per parameter: an fp32 copy of the weights "
-            "(4), the momentum μ (4) and the variance ν (4)",
+            _(
+                "mixed-precision Adam keeps κ = 12 bytes per parameter: an fp32 copy of the "
+                "weights (4), the momentum μ (4) and the variance ν (4)"
+            ),
         ),
         (
             lambda P, s, dp: _model_states(P, s, dp, sizes=(4, 4, 12)),
-            "weights and gradients are 16-bit, 2 bytes each; the fp32 copy is in the 12",
+            _("weights and gradients are 16-bit, 2 bytes each; the fp32 copy is in the 12"),
         ),
         (lambda P, s, dp: _model_states(P, s, dp, shard_all=True), stages),
         (lambda P, s, dp: _model_states(P, s, dp, shift=1), stages),
         (lambda P, s, dp: _model_states(P, s, dp, shift=-1), stages),
         (
             lambda P, s, dp: _model_states(P, 0, dp),
-            "ZeRO divides what it shards by dp, the number of data-parallel GPUs",
+            _("ZeRO divides what it shards by dp, the number of data-parallel GPUs"),
         ),
-        (lambda P, s, dp: _model_states(P, s, dp) / 1e9, "return bytes, not GB"),
+        (lambda P, s, dp: _model_states(P, s, dp) / 1e9, _("return bytes, not GB")),
     ]
     return compare("11.model_state_bytes", fn, _model_states, cases, mistakes)
 
@@ -53,13 +58,15 @@ def _check_bubble_fraction(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda S, M: (S - 1) / M,
-            "that is the idle time relative to the busy time; as a share of all the time it is "
-            "(S - 1) / (M + S - 1), with S stages and M micro-batches",
+            _(
+                "that is the idle time relative to the busy time; as a share of all the time it "
+                "is (S - 1) / (M + S - 1), with S stages and M micro-batches"
+            ),
         ),
-        (lambda S, M: M / (M + S - 1), "that is the busy share: the bubble is what is left"),
-        (lambda S, M: (S - 1) / S, "more micro-batches shrink the bubble: M belongs in it"),
-        (lambda S, M: (S - 1) / (M + S), "the forwards of M micro-batches fill M + S - 1 slots"),
-        (lambda S, M: 1 / M, "a single stage (S = 1) never waits: S belongs in it"),
+        (lambda S, M: M / (M + S - 1), _("that is the busy share: the bubble is what is left")),
+        (lambda S, M: (S - 1) / S, _("more micro-batches shrink the bubble: M belongs in it")),
+        (lambda S, M: (S - 1) / (M + S), _("the forwards of M micro-batches fill M + S - 1 slots")),
+        (lambda S, M: 1 / M, _("a single stage (S = 1) never waits: S belongs in it")),
     ]
     return compare("11.bubble_fraction", fn, model_parallel.bubble_fraction, cases, mistakes)
 
@@ -95,33 +102,41 @@ def _check_tp_mlp_partial(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda x, W1, b1, W2, b2, r, t: _tp_partial(x, W1, b1, W2, b2, r, t) + b2,
-            "add the second bias once, after the all-reduce: added on every rank, the sum "
-            "would hold it τ times",
+            _(
+                "add the second bias once, after the all-reduce: added on every rank, the sum "
+                "would hold it τ times"
+            ),
         ),
         (
             lambda x, W1, b1, W2, b2, r, t: (
                 (x @ W1[units(W1, r, t)].T + b1[units(W1, r, t)]) @ W2[:, units(W1, r, t)].T
             ),
-            "apply GELU to your hidden units before the second matrix: it is elementwise, so "
-            "each rank can apply it to its own",
+            _(
+                "apply GELU to your hidden units before the second matrix: it is elementwise, so "
+                "each rank can apply it to its own"
+            ),
         ),
         (
             strided,
-            "take the contiguous block of hidden units [r·4d/τ, (r+1)·4d/τ), as "
-            "minidp.model_parallel.shard_range gives it",
+            _(
+                "take the contiguous block of hidden units [r·4d/τ, (r+1)·4d/τ), as "
+                "minidp.model_parallel.shard_range gives it"
+            ),
         ),
         (
             input_split,
-            "split the first matrix by its 4d outputs, not its d inputs: GELU is not linear, "
-            "so it cannot be applied to partial sums",
+            _(
+                "split the first matrix by its 4d outputs, not its d inputs: GELU is not linear, "
+                "so it cannot be applied to partial sums"
+            ),
         ),
         (
             lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T,
-            "that is the whole MLP's output: each rank computes only its share, its 4d/τ units",
+            _("that is the whole MLP's output: each rank computes only its share, its 4d/τ units"),
         ),
         (
             lambda x, W1, b1, W2, b2, r, t: F.gelu(x @ W1.T + b1) @ W2.T + b2,
-            "that is the whole MLP's output: each rank computes only its share, its 4d/τ units",
+            _("that is the whole MLP's output: each rank computes only its share, its 4d/τ units"),
         ),
     ]
     return compare("11.tp_mlp_partial", fn, _tp_partial, _tp_cases(), mistakes)

@@ -20,6 +20,7 @@ from minidp.course.checks.core import (
     on_workers,
     same,
 )
+from minidp.course.i18n import _
 
 ROWS, STEPS = 12, 2  # rows of the batch (a multiple of 2, 3 and 4), optimizer steps
 
@@ -123,28 +124,34 @@ def _check_zero2_step(fn: Callable) -> CheckResult:
 
 def _judge_zero2(exercise, K, thetas, refs, kept, shard_grad, S) -> CheckResult:
     def hint(text: str) -> CheckResult:
-        return CheckResult(exercise, INCORRECT, f"with {K} ranks: {text}")
+        return CheckResult(exercise, INCORRECT, _("with {K} ranks: {text}").format(K=K, text=text))
 
     right = all(same(t, refs["right"], rtol=1e-9, atol=1e-12) for t in thetas)
     if right and kept:
         return hint(
-            "the steps are right, but the full gradients are still there after your step: "
-            "ZeRO-2 keeps only this rank's shard of the gradient, so set every p.grad to None "
-            "once it has been reduce-scattered"
+            _(
+                "the steps are right, but the full gradients are still there after your step: "
+                "ZeRO-2 keeps only this rank's shard of the gradient, so set every p.grad to None "
+                "once it has been reduce-scattered"
+            )
         )
     if right:
         return CheckResult(exercise, CORRECT)
     if all(same(t, refs["sum"], rtol=1e-9, atol=1e-12) for t in thetas):
-        return hint("the gradient is K times too large: a reduce-scatter sums, divide by K")
+        return hint(_("the gradient is K times too large: a reduce-scatter sums, divide by K"))
     if all(same(t, refs["local"], rtol=1e-9, atol=1e-12) for t in thetas):
         return hint(
-            "each rank stepped its shard with its own gradient only: the shard needs the "
-            "gradient summed over all ranks, which the reduce-scatter delivers"
+            _(
+                "each rank stepped its shard with its own gradient only: the shard needs the "
+                "gradient summed over all ranks, which the reduce-scatter delivers"
+            )
         )
     if all(same(t, refs["start"]) for t in thetas):
         return hint(
-            "the parameters never change: step the optimizer on the shard (shard.grad = the "
-            "averaged gradient), then write the all-gathered shards back into the parameters"
+            _(
+                "the parameters never change: step the optimizer on the shard (shard.grad = the "
+                "averaged gradient), then write the all-gathered shards back into the parameters"
+            )
         )
     n = refs["right"].shape[1]
     for r, t in enumerate(thetas):  # only this rank's own range moved: no all-gather
@@ -153,16 +160,22 @@ def _judge_zero2(exercise, K, thetas, refs, kept, shard_grad, S) -> CheckResult:
         others[own] = False
         if same(t[0, own], refs["right"][0, own]) and same(t[0, others], refs["start"][0, others]):
             return hint(
-                "each rank updated only its own shard of the parameters: all-gather the "
-                "updated shards so that every rank gets every part"
+                _(
+                    "each rank updated only its own shard of the parameters: all-gather the "
+                    "updated shards so that every rank gets every part"
+                )
             )
     if shard_grad not in (None, S):
-        return hint(f"shard.grad must have the shard's {S} elements, not {shard_grad}")
+        text = _("shard.grad must have the shard's {S} elements, not {got}")
+        return hint(text.format(S=S, got=shard_grad))
     if not same(thetas[0], thetas[-1]):
-        return hint("the ranks ended with different parameters: every rank needs every shard")
+        return hint(_("the ranks ended with different parameters: every rank needs every shard"))
     return hint(
-        "compare with the picture: pad the flat gradient to K * shard.numel(), reduce-scatter "
-        "it (rank r gets the sum of chunk r), divide by K, step the shard, all-gather, copy back"
+        _(
+            "compare with the picture: pad the flat gradient to K * shard.numel(), "
+            "reduce-scatter it (rank r gets the sum of chunk r), divide by K, step the shard, "
+            "all-gather, copy back"
+        )
     )
 
 
@@ -223,22 +236,22 @@ def _check_gather_compute_free(fn: Callable) -> CheckResult:
             with torch.no_grad():
                 expected, wrong_order = _unit()(x), _reversed_ranks(x, K)
             if not isinstance(out, Tensor):
-                hint = "return the unit's output alone, a tensor (the gathered parameters go)"
+                hint = _("return the unit's output alone, a tensor (the gathered parameters go)")
                 return CheckResult(exercise, INCORRECT, hint)
             if shown == 0:
-                hint = "call compute(x, params) with the gathered parameters, in the order given"
+                hint = _("call compute(x, params) with the gathered parameters, in the order given")
                 return CheckResult(exercise, INCORRECT, hint)
             if same(out, wrong_order) and not same(out, expected):
-                hint = "all-gather lists the shards in rank order: rank 0's first, then rank 1's"
+                hint = _("all-gather lists the shards in rank order: rank 0's first, then rank 1's")
                 return CheckResult(exercise, INCORRECT, hint)
             if not same(out, expected):
-                hint = (
-                    f"with {K} ranks the output is wrong: concatenate the K gathered shards and "
+                hint = _(
+                    "with {K} ranks the output is wrong: concatenate the K gathered shards and "
                     "cut parameter i at offset sum(numel of those before it), viewed as shapes[i]"
-                )
+                ).format(K=K)
                 return CheckResult(exercise, INCORRECT, hint)
             if alive:
-                hint = (
+                hint = _(
                     "the output is right, but the gathered parameters outlive the call: the "
                     "point of a unit is that its whole parameters exist only while it computes, "
                     "so keep no reference to them (no global, no attribute)"

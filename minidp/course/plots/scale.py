@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from minidp import memory, model_parallel
+from minidp.course.i18n import N_, _
 
 # ---- 10 training a GPT
 
@@ -57,7 +58,13 @@ def scaling(tokens_per_s: dict[str, dict[int, float]]) -> Figure:
 
 # ---- 11 beyond data parallelism
 
-PART_COLOURS = {"weights": "C0", "gradients": "C1", "optimizer": "C2", "activations": "C3"}
+# Keys are memory.per_gpu's parts, also shown as legend labels (translated where drawn).
+PART_COLOURS = {
+    N_("weights"): "C0",
+    N_("gradients"): "C1",
+    N_("optimizer"): "C2",
+    N_("activations"): "C3",
+}
 
 
 def replica_memory(parts: dict[str, dict[str, float]], gpu_bytes: float, gpu: str) -> Figure:
@@ -74,17 +81,19 @@ def replica_memory(parts: dict[str, dict[str, float]], gpu_bytes: float, gpu: st
                 value / total,
                 left=left,
                 color=PART_COLOURS[part],
-                label=part if y == 0 else None,
+                label=_(part) if y == 0 else None,
             )
             left += value / total
         total_ax.barh(y, total / memory.GB, color="0.4")
         total_ax.text(
             total / memory.GB, y, f" {total / memory.GB:,.0f} GB", va="center", fontsize=8
         )
-    share_ax.set(yticks=range(len(names)), yticklabels=names, xlim=(0, 1), xlabel="share of total")
+    share_ax.set(
+        yticks=range(len(names)), yticklabels=names, xlim=(0, 1), xlabel=_("share of total")
+    )
     share_ax.legend(fontsize=8, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     total_ax.axvline(gpu_bytes / memory.GB, color="k", linestyle="--", label=gpu)
-    total_ax.set(xscale="log", xlabel="GB per replica")
+    total_ax.set(xscale="log", xlabel=_("GB per replica"))
     total_ax.set_xlim(right=total_ax.get_xlim()[1] * 4)  # room for the labels
     total_ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -95,10 +104,10 @@ def zero_stages(params: float, dp: int, precision: str = "bf16 mixed") -> Figure
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
     names = [
-        "0: replicate all",
-        "1: shard\noptimizer state",
-        "2: ... and\ngradients",
-        "3: ... and\nweights",
+        _("0: replicate all"),
+        _("1: shard\noptimizer state"),
+        _("2: ... and\ngradients"),
+        _("3: ... and\nweights"),
     ]
     for stage in range(4):
         bottom = 0.0
@@ -108,12 +117,13 @@ def zero_stages(params: float, dp: int, precision: str = "bf16 mixed") -> Figure
                 value / memory.GB,
                 bottom=bottom,
                 color=PART_COLOURS[part],
-                label=part if stage == 0 else None,
+                label=_(part) if stage == 0 else None,
             )
             bottom += value / memory.GB
         ax.text(stage, bottom, f"{bottom:.1f} GB", ha="center", va="bottom", fontsize=8)
-    ax.set(xticks=range(4), xticklabels=names, ylabel="GB per GPU")
-    ax.set_title(f"{params / 1e9:g}B parameters, {precision} Adam, {dp} data-parallel GPUs")
+    ax.set(xticks=range(4), xticklabels=names, ylabel=_("GB per GPU"))
+    title = _("{params:g}B parameters, {precision} Adam, {dp} data-parallel GPUs")
+    ax.set_title(title.format(params=params / 1e9, precision=precision, dp=dp))
     ax.legend(fontsize=8)
     return fig
 
@@ -144,10 +154,17 @@ def tensor_parallel_mlp(t: int = 2) -> Figure:
             ax.annotate("", (x1, y + 0.5), (x0, y + 0.5), arrowprops=dict(arrowstyle="->"))
     _block(ax, 6.9, 0, 0.5, height, "w")
     ax.text(
-        7.15, height / 2, "all-reduce: Z = Σ Z_r", rotation=90, ha="center", va="center", fontsize=9
+        7.15,
+        height / 2,
+        _("all-reduce: Z = Σ Z_r"),
+        rotation=90,
+        ha="center",
+        va="center",
+        fontsize=9,
     )
-    ax.text(1.8, height + 0.15, "$W_1$: d × 4d,\ncolumns split", ha="center", fontsize=9)
-    ax.text(4.4, height + 0.15, "$W_2$: 4d × d,\nrows split", ha="center", fontsize=9)
+    # mathtext has no CJK fallback: the formula stays outside the translated words
+    ax.text(1.8, height + 0.15, "$W_1$: " + _("d × 4d,\ncolumns split"), ha="center", fontsize=9)
+    ax.text(4.4, height + 0.15, "$W_2$: " + _("4d × d,\nrows split"), ha="center", fontsize=9)
     ax.set(xlim=(-1.2, 9.1), ylim=(-0.2, height + 0.8), aspect="equal")
     ax.axis("off")
     return fig
@@ -168,13 +185,15 @@ def pipeline_schedule(stages: int, micro_batches: int) -> Figure:
     ax.set(
         xlim=(0, slots),
         ylim=(stages - 0.5, -0.5),
-        xlabel="time (one slot: one micro-batch through one stage)",
+        xlabel=_("time (one slot: one micro-batch through one stage)"),
         yticks=range(stages),
         yticklabels=[f"GPU {s}" for s in range(stages)],
     )
     ax.set_title(
-        f"GPipe, {stages} stages, {micro_batches} micro-batches: grey is idle, "
-        f"{bubble:.0%} of the time"
+        _(
+            "GPipe, {stages} stages, {micro_batches} micro-batches: grey is idle, "
+            "{bubble:.0%} of the time"
+        ).format(stages=stages, micro_batches=micro_batches, bubble=bubble)
     )
     return fig
 
@@ -187,7 +206,15 @@ def parallel_layout(dp: int, tp: int, pp: int) -> Figure:
     for rank in range(dp * tp * pp):
         d, p, t = model_parallel.coordinates(rank, dp, tp, pp)
         x, y = d * (tp + 0.5) + t, p * 1.2
-        _block(ax, x + 0.05, y + 0.05, 0.9, 0.9, f"C{d}", f"GPU {rank}\nshard {t}")
+        _block(
+            ax,
+            x + 0.05,
+            y + 0.05,
+            0.9,
+            0.9,
+            f"C{d}",
+            _("GPU {rank}\nshard {t}").format(rank=rank, t=t),
+        )
     for d in range(dp):
         for p in range(pp):
             ax.add_patch(
@@ -199,13 +226,19 @@ def parallel_layout(dp: int, tp: int, pp: int) -> Figure:
                     linestyle="--",
                 )
             )
-        ax.text(d * (tp + 0.5) + tp / 2, -0.35, f"replica {d}", ha="center", fontsize=9)
+        ax.text(
+            d * (tp + 0.5) + tp / 2, -0.35, _("replica {d}").format(d=d), ha="center", fontsize=9
+        )
     for p in range(pp):
-        ax.text(-0.2, p * 1.2 + 0.5, f"stage {p}", ha="right", va="center", fontsize=9)
+        ax.text(
+            -0.2, p * 1.2 + 0.5, _("stage {p}").format(p=p), ha="right", va="center", fontsize=9
+        )
     ax.set(xlim=(-1.3, dp * (tp + 0.5)), ylim=(pp * 1.2, -0.6), aspect="equal")
     ax.set_title(
-        f"K = {dp} replicas, τ = {tp}, S = {pp} stages: G = {dp * tp * pp} GPUs\ndashed box: one "
-        "tensor-parallel group; row: a pipeline stage; colour: a data-parallel replica",
+        _(
+            "K = {dp} replicas, τ = {tp}, S = {pp} stages: G = {G} GPUs\ndashed box: one "
+            "tensor-parallel group; row: a pipeline stage; colour: a data-parallel replica"
+        ).format(dp=dp, tp=tp, pp=pp, G=dp * tp * pp),
         fontsize=9,
     )
     ax.axis("off")
@@ -218,11 +251,13 @@ def memory_bar(parts: dict[str, float], gpu_bytes: float, gpu: str) -> Figure:
     ax = fig.subplots()
     left = 0.0
     for part, value in parts.items():
-        ax.barh(0, value / memory.GB, left=left, color=PART_COLOURS[part], label=part)
+        ax.barh(0, value / memory.GB, left=left, color=PART_COLOURS[part], label=_(part))
         left += value / memory.GB
     ax.axvline(gpu_bytes / memory.GB, color="k", linestyle="--", label=gpu)
     ax.set(
-        yticks=[], xlabel="GB on the busiest GPU", xlim=(0, 1.15 * max(left, gpu_bytes / memory.GB))
+        yticks=[],
+        xlabel=_("GB on the busiest GPU"),
+        xlim=(0, 1.15 * max(left, gpu_bytes / memory.GB)),
     )
     ax.legend(fontsize=8, ncols=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return fig

@@ -4,6 +4,7 @@ one FSDP step, unit by unit."""
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from minidp.course.i18n import N_, _
 from minidp.course.plots.scale import PART_COLOURS
 from minidp.flat import Event
 
@@ -22,7 +23,7 @@ def sharded_memory(
         for x, (k, parts) in enumerate(by_k.items()):
             bottom = 0.0
             for part, value in parts.items():
-                label = part if ax is axes[0] and x == 0 else None
+                label = _(part) if ax is axes[0] and x == 0 else None
                 ax.bar(x, value / 1e6, bottom=bottom, color=PART_COLOURS[part], label=label)
                 bottom += value / 1e6
             total = sum(predicted[setup][k].values()) / 1e6
@@ -31,18 +32,26 @@ def sharded_memory(
                 [total, total],
                 color="k",
                 linewidth=2,
-                label="predicted" if ax is axes[0] and x == 0 else None,
+                label=_("predicted") if ax is axes[0] and x == 0 else None,
             )
         ax.set_xticks(range(len(by_k)), [f"K = {k}" for k in by_k])
         ax.set_title(setup, fontsize=10)
-    axes[0].set_ylabel("MB on each rank")
+    axes[0].set_ylabel(_("MB on each rank"))
     fig.legend(loc="outside lower center", ncols=4, fontsize=8)
     return fig
 
 
 # ---- a timeline of one FSDP step
 
-KIND_COLOURS = {"all-gather": "tab:blue", "reduce-scatter": "tab:red", "all-reduce": "tab:purple"}
+# Keys are minidp.flat.Event kinds, also the legend's labels (translated where drawn).
+KIND_COLOURS = {
+    N_("all-gather"): "tab:blue",
+    N_("reduce-scatter"): "tab:red",
+    N_("all-reduce"): "tab:purple",
+}
+LANES = (N_("comm"), N_("work"))
+# The labels notebook 12 gives its two timelines: data, shown translated.
+VARIANTS = (N_("with prefetch"), N_("without prefetch"))
 
 
 def _unit_colour(unit: int):
@@ -92,14 +101,20 @@ def fsdp_timeline(traces: dict[str, list[list[Event]]], steps_ms: dict | None = 
             _draw_rank(ax, events, len(ranks) - 1 - r, t0)
         ax.set_yticks(
             [y for r in range(len(ranks)) for y in (r - 0.22, r + 0.22)],
-            [f"rank {r} {lane}" for r in reversed(range(len(ranks))) for lane in ("comm", "work")],
+            [
+                _("rank {r} {lane}").format(r=r, lane=_(lane))
+                for r in reversed(range(len(ranks)))
+                for lane in LANES
+            ],
             fontsize=8,
         )
-        title = label if not steps_ms else f"{label}: step {steps_ms[label]:.0f} ms"
+        title = _(label)
+        if steps_ms:
+            title = _("{label}: step {ms:.0f} ms").format(label=title, ms=steps_ms[label])
         ax.set_title(title, fontsize=10, loc="left")
-    axes[-1].set_xlabel("ms since the step started")
+    axes[-1].set_xlabel(_("ms since the step started"))
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.75) for c in KIND_COLOURS.values()]
     handles += [plt.Rectangle((0, 0), 1, 1, facecolor="0.6", hatch=h) for h in (None, "//")]
-    names = [*KIND_COLOURS, "forward (colour: unit)", "backward"]
+    names = [*map(_, KIND_COLOURS), _("forward (colour: unit)"), _("backward")]
     fig.legend(handles, names, loc="outside lower center", ncols=5, fontsize=8)
     return fig

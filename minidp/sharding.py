@@ -75,17 +75,24 @@ def clip_grad_norm_(
     min(1, max_norm / (norm + 1e-6)) and returns the norm, on every rank, without a host read."""
     pieces = [p.grad for p in sharded if p.grad is not None]
     whole = [p.grad for p in replicated if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float32, device=device)
-    for g in pieces:  # in float32 whatever the gradients' dtype, as torch's norm accumulates
-        squares += g.detach().float().square().sum()
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    for g in pieces:
+        squares += _squared_norm(g)
     dist.all_reduce(squares, group=group)  # the squares of every element, once
     for g in whole:  # added after the sum over ranks: once, not once per rank
-        squares += g.detach().float().square().sum()
-    norm = squares.sqrt()
+        squares += _squared_norm(g)
+    wide = any(g.dtype == torch.float64 for g in pieces + whole)
+    norm = squares.sqrt().to(torch.float64 if wide else torch.float32)
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in pieces + whole:
         g.mul_(scale.to(g.dtype))
     return norm
+
+
+def _squared_norm(g: Tensor) -> Tensor:
+    """|g|^2, g's norm taken in float32 at least (a bf16 gradient's too), squared in float64."""
+    precision = torch.promote_types(g.dtype, torch.float32)
+    return torch.linalg.vector_norm(g.detach(), dtype=precision).double().square()
 
 
 class Sharded:

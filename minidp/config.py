@@ -18,6 +18,9 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
+from torch.distributed import fsdp
+
 from minidp.data import load_tokens, split
 
 SHARD_MODES = ("none", "zero1", "fsdp")
@@ -111,6 +114,13 @@ class TrainConfig:
     progress: bool = _opt(True, "a progress bar on rank 0")
 
 
+def compute_dtype(c: TrainConfig, device_type: str) -> str:
+    """--compute-dtype, with auto resolved: bf16 on GPUs, fp32 elsewhere."""
+    if c.compute_dtype == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return c.compute_dtype
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run, found before any worker starts."""
 
@@ -142,6 +152,8 @@ def validate(c: TrainConfig, world_size: int, writes: bool = True) -> None:
             "--compute-dtype fp16 needs loss scaling, which minidp.train does not do (fp16 ends "
             "at 65504 and flushes gradients below 6e-8 to zero): use bf16, as wide as float32"
         )
+    if c.shard == "fsdp" and c.impl == "torch" and not hasattr(fsdp, "fully_shard"):
+        raise ConfigError(f"--shard fsdp --impl torch needs torch >= 2.6, not {torch.__version__}")
     per_step = world_size * c.grad_accum
     cores = os.cpu_count() or 1
     if c.nproc > cores:

@@ -1,7 +1,7 @@
 """The trainer's sharding choice: what each rank holds of the model (--shard), whose classes do it
 (--impl), what forward and backward compute in (--compute-dtype); the optimizer over what each
-rank holds; clipping by the norm of the whole gradient, however it is spread; and the state,
-whole, so that a checkpoint of any mode and world size resumes under any other.
+rank holds; clipping by the norm of the whole gradient, however it is spread (minidp.clipping);
+and the state, whole, so that a checkpoint of any mode and world size resumes under any other.
 
     sharded = shard(raw, c, env)      # every rank; raw built from the same seed, on env.device
     with sharded.no_sync():           # every micro-step but the last
@@ -38,7 +38,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.distributed.optim import ZeroRedundancyOptimizer as TorchZeRO
 
-from minidp.config import TrainConfig
+from minidp.clipping import clip_grad_norm_
+from minidp.config import TrainConfig, compute_dtype
 from minidp.ddp import DistributedDataParallel
 from minidp.environment import DistEnv
 from minidp.flat import cut_state, gather_state
@@ -49,13 +50,6 @@ from minidp.zero import ZeroRedundancyOptimizer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def compute_dtype(c: TrainConfig, device_type: str) -> str:
-    """--compute-dtype, with auto resolved: bf16 on GPUs, fp32 elsewhere."""
-    if c.compute_dtype == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    return c.compute_dtype
-
-
 def decay_groups(raw: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices (weights, embeddings), not on biases and norms (nanoGPT's rule;
     FSDP's shards keep their parameter's number of dimensions, so the rule holds for them)."""
@@ -64,35 +58,6 @@ def decay_groups(raw: nn.Module, weight_decay: float) -> list[dict]:
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-
-
-def clip_grad_norm_(
-    sharded: list[Tensor], replicated: list[Tensor], max_norm: float, device, group=None
-) -> Tensor:
-    """torch.nn.utils.clip_grad_norm_ of one process, for a gradient spread over the ranks: each
-    rank holds the gradients of some pieces (`sharded`; over all ranks, every element exactly
-    once) and of all the `replicated` parameters (equal on every rank). Scales them all by
-    min(1, max_norm / (norm + 1e-6)) and returns the norm, on every rank, without a host read."""
-    pieces = [p.grad for p in sharded if p.grad is not None]
-    whole = [p.grad for p in replicated if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float64, device=device)
-    for g in pieces:
-        squares += _squared_norm(g)
-    dist.all_reduce(squares, group=group)  # the squares of every element, once
-    for g in whole:  # added after the sum over ranks: once, not once per rank
-        squares += _squared_norm(g)
-    wide = any(g.dtype == torch.float64 for g in pieces + whole)
-    norm = squares.sqrt().to(torch.float64 if wide else torch.float32)
-    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    for g in pieces + whole:
-        g.mul_(scale.to(g.dtype))
-    return norm
-
-
-def _squared_norm(g: Tensor) -> Tensor:
-    """|g|^2, g's norm taken in float32 at least (a bf16 gradient's too), squared in float64."""
-    precision = torch.promote_types(g.dtype, torch.float32)
-    return torch.linalg.vector_norm(g.detach(), dtype=precision).double().square()
 
 
 class Sharded:
@@ -202,11 +167,10 @@ class TorchFSDP(Sharded):
     @torch.no_grad()
     def full_state(self) -> tuple[dict, dict | None]:
         # Each DTensor made whole once (a collective), in the same order on every rank.
-        # (By id: a DTensor hashes by its value.)
-        whole = {id(p): _whole(p) for p in self.raw.parameters()}  # a tied weight once
+        whole = {p: _whole(p) for p in self.raw.parameters()}  # a tied weight once
         model = self.raw.state_dict()
         for name, p in self.raw.named_parameters(remove_duplicate=False):
-            model[name] = whole[id(p)]
+            model[name] = whole[p]
         saved = self.optimizer.state_dict()
         state = {i: {k: _whole(v) for k, v in s.items()} for i, s in saved["state"].items()}
         return model, {"state": state, "param_groups": saved["param_groups"]}

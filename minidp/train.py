@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from minidp import checkpoint
-from minidp.config import ConfigError, TrainConfig, parse_args, validate
+from minidp.config import ConfigError, TrainConfig, compute_dtype, parse_args, validate
 from minidp.data import load_tokens, split
 from minidp.environment import DistEnv, LaunchError, check_launch, read_env, setup_distributed
 from minidp.evaluation import evaluate, sample
@@ -42,7 +42,7 @@ from minidp.loader import DeviceBatches
 from minidp.model import GPT, GPTConfig
 from minidp.peak import device_peak_flops, matmul_dtype
 from minidp.runlog import RunLog
-from minidp.sharding import Sharded, compute_dtype, decay_groups, shard
+from minidp.sharding import Sharded, decay_groups, shard
 from minidp.stopping import Stopped, StopRequest, forward_to_workers
 
 
@@ -81,6 +81,12 @@ def build(c: TrainConfig, env: DistEnv, optimizer: tuple[type, dict] | None = No
         for block in raw.blocks:
             for part in block.children() if c.shard == "fsdp" else [block]:
                 part.compile()
+        if c.impl == "torch" and c.shard != "fsdp" and c.bucket_cap_mb < 1:
+            # Under torch.compile, torch's DDP has dynamo split the graph at its bucket
+            # boundaries (DDPOptimizer), which assumes a first bucket of 1 MB no larger than the
+            # others and fails for smaller buckets (torch 2.13). Unsplit, the gradients of each
+            # compiled graph are all-reduced once its backward has finished.
+            torch._dynamo.config.optimize_ddp = False
     return shard(raw, c, env, optimizer)
 
 
@@ -112,9 +118,7 @@ def train_step(step, lr, sharded: Sharded, batch, c: TrainConfig, env: DistEnv):
 
 def train(c: TrainConfig) -> dict | None:
     """Train in this process, one rank of the job; rank 0 returns the metrics, others None.
-
-    Raises Stopped on every rank when a signal ended the run (after its checkpoint).
-    """
+    Raises Stopped on every rank when a signal ended the run (after its checkpoint)."""
     env = read_env()
     # Before joining the group: a bad option or checkpoint fails at once, not in a collective.
     validate(c, env.world_size, writes=env.is_main)
@@ -136,15 +140,14 @@ def _train(c: TrainConfig, env: DistEnv, state: dict | None) -> dict | None:
     else:  # float32 matmuls on tensor cores as TF32 (10-bit mantissa), as bf16 runs do anyway
         torch.set_float32_matmul_precision("high")
     train_tokens, val_tokens = split(load_tokens(c.data or None))
-    _compile_settings(c)
     sharded = build(c, env)
     start = checkpoint.restore(state, sharded)
     dtype = matmul_dtype(env.device.type, compute_dtype(c, env.device.type))
     prompt = val_tokens[:32]  # the same opening for the samples before and after training
     with torch.device("meta"):  # the whole model's size: under fsdp each rank holds shards
         whole = GPT(gpt_config(c))
-    metrics = {"config": asdict(c), "world_size": env.world_size}
-    metrics["params"] = whole.num_params(non_embedding=False)
+    params = whole.num_params(non_embedding=False)
+    metrics = {"config": asdict(c), "world_size": env.world_size, "params": params}
     # Samples on every rank: a sharded model's forward is a collective.
     if start == 0:
         metrics["sample_before"] = sample(sharded.raw, prompt, c, env)
@@ -190,15 +193,6 @@ def _steps(start, sharded: Sharded, batches, val_tokens, c: TrainConfig, env: Di
                 checkpoint.save_from_all(path, sharded, step + 1, config, env.is_main)
             if stopping:
                 raise stop.stopped(step + 1, c.steps, c.out_dir, env.rank)
-
-
-def _compile_settings(c: TrainConfig) -> None:
-    if c.compile and c.impl == "torch" and c.shard != "fsdp" and c.bucket_cap_mb < 1:
-        # Under torch.compile, torch's DDP has dynamo split the graph at its bucket boundaries
-        # (DDPOptimizer), which assumes a first bucket of 1 MB no larger than the others and
-        # fails for smaller buckets (torch 2.13). Unsplit, the gradients of each compiled graph
-        # are all-reduced once its backward has finished.
-        torch._dynamo.config.optimize_ddp = False
 
 
 def run(c: TrainConfig) -> dict | None:

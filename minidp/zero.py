@@ -20,7 +20,7 @@ Two ways to use it:
                               p.grad keeps this rank's own gradient, so clip_grad_norm_ on the
                               parameters would clip that, not the average: call reduce_gradients()
                               first, and clip the pieces in param_groups by their global norm
-                              (minidp.sharding.clip_grad_norm_), as minidp.train does.
+                              (minidp.clipping.clip_grad_norm_), as minidp.train does.
     average_gradients=False   the model IS wrapped in DDP, so every gradient is already averaged;
                               step() only all-gathers: DDP's bytes and half again, as torch's
                               ZeroRedundancyOptimizer, which broadcasts each owner's parameters

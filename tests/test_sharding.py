@@ -8,9 +8,10 @@ import torch
 import torch.distributed as dist
 
 from minidp import launch
+from minidp.clipping import clip_grad_norm_
+from minidp.config import compute_dtype
 from minidp.environment import read_env
 from minidp.flat import FlatLayout
-from minidp.sharding import clip_grad_norm_, compute_dtype
 from minidp.train import TrainConfig, build
 
 pytestmark = pytest.mark.usefixtures("no_orphans")

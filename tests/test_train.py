@@ -291,6 +291,14 @@ def test_bad_configuration_is_one_line_before_any_worker(tmp_path, capsys, args,
     assert message in _one_line(capsys, args + ["--out-dir", str(tmp_path)])
 
 
+def test_torchs_fsdp_on_a_torch_without_it_is_one_line(tmp_path, capsys, monkeypatch):
+    from torch.distributed import fsdp
+
+    monkeypatch.delattr(fsdp, "fully_shard")  # as on torch 2.4 and 2.5
+    err = _one_line(capsys, ["--shard", "fsdp", "--impl", "torch", "--out-dir", str(tmp_path)])
+    assert "--shard fsdp --impl torch needs torch >= 2.6" in err
+
+
 NUMERIC = [f for f in dataclasses.fields(TrainConfig) if f.type in (int, float)]
 
 

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.minidp-installed
 # One thread per process: the tests and notebooks start 2-3 worker processes on 2 cores.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: lab test check-zh test-fast test-browser test-binder test-all lint format bench gpu-check clean
+.PHONY: lab test check-zh test-fast test-browser test-binder test-grading test-all lint format bench gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,13 @@ test-browser: $(STAMP)
 test-binder: $(STAMP)
 	$(PY) -m pytest -m binder tests/binder -s
 
+# Every notebook graded as an instructor would: the solutions full marks, the student versions
+# zero (about 9 minutes on 2 cores; `make test` already runs each notebook once).
+test-grading: $(STAMP)
+	$(PY) -m pytest -m grading tests/test_assignments.py
+
 # What CI runs.
-test-all: test test-browser test-binder
+test-all: test test-grading test-browser test-binder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

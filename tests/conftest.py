@@ -9,6 +9,7 @@ import pytest
 LONG = {
     "binder": ("make test-binder", "builds an environment from binder/ and runs every notebook"),
     "browser": ("make test-browser", "runs every notebook in JupyterLab in headless Chromium"),
+    "grading": ("make test-grading", "grades every notebook's solution and student version"),
 }
 
 

@@ -1,20 +1,31 @@
-"""The command line of the benchmarks: `python -m minidp.bench allreduce|ddp|fsdp|train`."""
+"""`python -m minidp.bench allreduce|ddp|fsdp|train`: the command line of the benchmarks."""
 
 import argparse
 
-from minidp import bench
+import minidp.bench
+from minidp.bench import allreduce, ddp, fsdp, train
+from minidp.bench.collectives import SIZES, parse_size
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m minidp.bench",
-        description=bench.__doc__,
+        description=minidp.bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="which", required=True)
     ar = sub.add_parser("allreduce", help="our all-reduce algorithms vs dist.all_reduce")
     ar.add_argument("--world-size", type=int, default=2, help="worker processes (default 2)")
-    ar.add_argument("--repeats", type=int, default=50, help="timed repeats per size (default 50)")
+    ar.add_argument(
+        "--repeats", type=int, default=50, help="rounds per size and algorithm (default 50)"
+    )
+    ar.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        default=SIZES,
+        help="e.g. 4KB 4MB (default: 4KB-32MB)",
+    )
     dp = sub.add_parser("ddp", help="our DDP variants vs torch's DDP on a GPT, 2 ranks")
     dp.add_argument("--layers", type=int, default=6, help="transformer blocks (default 6)")
     dp.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
@@ -25,20 +36,22 @@ def main(argv: list[str] | None = None) -> None:
     fs.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
     fs.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")
     fs.add_argument("--repeats", type=int, default=20, help="timed steps each (default 20)")
-    tr = sub.add_parser("train", help="trainer tokens/s at 1 and 2 CPU ranks, every --shard")
+    tr = sub.add_parser(
+        "train", help="trainer tokens/s at 1 and 2 CPU ranks, every --shard and --impl"
+    )
     tr.add_argument("--layers", type=int, default=6, help="transformer blocks (default 6)")
     tr.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
     tr.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")
     tr.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
     args = parser.parse_args(argv)
     if args.which == "allreduce":
-        bench.allreduce(args.world_size, bench.SIZES, args.repeats)
+        allreduce(args.world_size, args.sizes, args.repeats)
     elif args.which == "ddp":
-        bench.ddp(args.layers, args.width, args.batch, args.repeats)
+        ddp(args.layers, args.width, args.batch, args.repeats)
     elif args.which == "fsdp":
-        bench.fsdp(args.layers, args.width, args.batch, args.repeats)
+        fsdp(args.layers, args.width, args.batch, args.repeats)
     else:
-        bench.train(args.layers, args.width, args.batch, args.steps)
+        train(args.layers, args.width, args.batch, args.steps)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
-"""Benchmark: our DDP variants against torch's DDP on a small GPT, 2 ranks, and the host reads
-of a step's forward and backward.
+"""Benchmark of data parallelism: our DDP variants against torch's DDP, on a small GPT.
 
-    python -m minidp.bench ddp [--layers 6] [--width 256] [--batch 8] [--repeats 20]
+python -m minidp.bench ddp [--layers 6] [--width 256] [--batch 8] [--repeats 20]
 """
 
 import contextlib
@@ -16,8 +15,6 @@ from minidp.host_reads import HostReads
 from minidp.launch import launch
 from minidp.model import GPT, GPTConfig
 
-# Every variant is built by the call the trainer uses for torch's DDP and ours; ours may add
-# arguments of their own.
 DDP_CALL = {"bucket_cap_mb": 25.0, "gradient_as_bucket_view": True}
 DDP_VARIANTS = {  # class, and arguments of ours only
     "torch DDP": (torch.nn.parallel.DistributedDataParallel, {}),

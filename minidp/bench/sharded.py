@@ -1,7 +1,6 @@
-"""Benchmark: our FullyShardedDataParallel against torch's fully_shard on the same GPT, 2 ranks:
-step time and the bytes each rank holds.
+"""Benchmark of sharding: our FSDP against torch's fully_shard, on the same GPT.
 
-    python -m minidp.bench fsdp [--layers 6] [--width 256] [--batch 8] [--repeats 20]
+python -m minidp.bench fsdp [--layers 6] [--width 256] [--batch 8] [--repeats 20]
 """
 
 import statistics

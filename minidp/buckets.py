@@ -13,25 +13,13 @@ Distributed", VLDB 2020; its reducer.cpp): parameters in reverse order, a small 
 one dtype and device per bucket, buckets launched in the same order on every rank.
 """
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Event:
-    """One moment of a training step, for timelines. perf_counter is one clock for all the
-    processes of a machine (Linux), so the ranks' events line up."""
-
-    kind: str  # "grad" (index: a parameter), "launch" or "done" (a bucket), "backward end",
-    # or a caller's own mark ("forward", "step", ...)
-    index: int = -1
-    time: float = field(default_factory=time.perf_counter)
-
+from minidp.events import Event
 
 # torch's DDP also caps its first bucket at 1 MB: the last layers' gradients, ready first, can
 # then start travelling while most of backward is still to run.

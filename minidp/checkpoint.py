@@ -3,8 +3,12 @@
     save(path, model=..., optimizer=..., step=..., config=..., rng=...)   # global rank 0 only
     state = load(path, expect=config, shapes=shapes)                      # refused if not ours
     state = for_resume(out_dir, "auto", config, shapes)                   # None: start afresh
-    step = restore(state, model, optimizer)              # on every rank: rank 0's state, sent
-    save_from_all(path, model, optimizer, step, config, main)             # every rank calls it
+    step = restore(state, sharded)                       # on every rank: rank 0's state, sent
+    save_from_all(path, sharded, step, config, main)                      # every rank calls it
+
+`sharded` is the model and optimizer as the ranks hold them (minidp.sharding.Sharded): its
+full_state() gives their state whole, in one process's format, whatever the sharding, and its
+load_full_state() takes it back, so a checkpoint resumes at any world size and in any mode.
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, so `torch.load` reads it
 with `weights_only=True`: a file from elsewhere cannot run code on your machine. It is written
@@ -24,12 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 FORMAT = 1  # bump when the layout changes
 KEYS = {"format": int, "model": dict, "optimizer": dict, "step": int, "config": dict}
 # Options a checkpoint must agree on to be resumed: the model's shape, and what decides the data
-# and the schedule's start. Others (world size, DDP flavour, ZeRO, steps) may change on resume.
+# and the schedule's start. Others (world size, shard mode, implementation, steps) may change.
 MUST_MATCH = ["n_layer", "n_head", "n_embd", "block_size", "seed", "batch_size", "data"]
 STALE_S = 6 * 3600  # another host's temporary file this old belongs to no live writer
 
@@ -123,18 +126,18 @@ def for_resume(out_dir: str | Path, resume: str, config: dict, shapes: dict) -> 
     return load(path, expect=config, shapes=shapes)
 
 
-def save_from_all(path: Path, model: nn.Module, optimizer, step: int, config: dict, main: bool):
-    """save() as a collective: every rank calls it, a sharded optimizer's state is gathered
-    first (ZeRO), global rank 0 (`main`) writes, and no rank goes on before the file is whole."""
-    if hasattr(optimizer, "consolidate_state_dict"):  # ours and torch's ZeroRedundancyOptimizer
-        optimizer.consolidate_state_dict(to=0)
+def save_from_all(path: Path, sharded, step: int, config: dict, main: bool) -> None:
+    """save() as a collective: every rank calls it, the state is gathered whole (a sharded
+    model's, a sharded optimizer's), global rank 0 (`main`) writes, and no rank goes on before
+    the file is whole."""
+    model, optimizer = sharded.full_state()
     if main:
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step)
+        state = dict(model=model, optimizer=optimizer, step=step)
         save(path, **state, config=config, rng=torch.get_rng_state())
     dist.barrier()  # nobody races ahead (or exits) before the checkpoint is on disk
 
 
-def restore(state: dict | None, model: nn.Module, optimizer) -> int:
+def restore(state: dict | None, sharded) -> int:
     """Load on every rank the state that global rank 0 read (None: a fresh start); its step.
 
     Rank 0 sends it to the others, so only rank 0 needs the file: without a shared file system
@@ -144,8 +147,7 @@ def restore(state: dict | None, model: nn.Module, optimizer) -> int:
     dist.broadcast_object_list(box, src=0)
     if box[0] is None:
         return 0
-    model.load_state_dict(box[0]["model"])
-    optimizer.load_state_dict(box[0]["optimizer"])
+    sharded.load_full_state(box[0]["model"], box[0]["optimizer"])
     torch.set_rng_state(box[0]["rng"])  # for completeness: each step reseeds dropout anyway
     return box[0]["step"]
 

@@ -13,11 +13,25 @@ import argparse
 import math
 import operator
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
+from torch.distributed import fsdp
+
 from minidp.data import load_tokens, split
+
+SHARD_MODES = ("none", "zero1", "fsdp")
+# Options that were renamed: given on a command line, each is refused with its new form.
+RENAMED = {
+    "--zero1": "--shard zero1",
+    "--no-zero1": "--shard none",
+    "--ddp": "--impl (minidp or torch: whose DDP, ZeRO and FSDP)",
+    "--bf16": "--compute-dtype bf16 (the default on GPUs, as --compute-dtype auto)",
+    "--no-bf16": "--compute-dtype fp32",
+}
 
 
 def _opt(default, help: str, *, at_least=None, above=None, below=None, choices=None):
@@ -54,12 +68,27 @@ class TrainConfig:
     )
     # parallelism and hardware
     nproc: int = _opt(1, "CPU worker processes to start (not under torchrun)", at_least=1)
-    ddp: str = _opt(
-        "minidp", "whose DistributedDataParallel: minidp or torch", choices=("minidp", "torch")
+    shard: str = _opt(
+        "none",
+        "what each rank holds: none (all of the model: DDP), zero1 (the optimizer state "
+        "sharded: ZeRO-1), fsdp (parameters, gradients and optimizer state sharded, every "
+        "transformer block a unit and the embeddings one more: ZeRO-3)",
+        choices=SHARD_MODES,
     )
-    bucket_cap_mb: float = _opt(25.0, "DDP bucket size in MB", at_least=0)
-    zero1: bool = _opt(False, "shard the optimizer state across ranks (ZeRO stage 1)")
-    bf16: bool = _opt(True, "bfloat16 autocast on GPUs (CPUs always use float32)")
+    impl: str = _opt(
+        "minidp",
+        "whose DistributedDataParallel, ZeroRedundancyOptimizer or FSDP: minidp's, or torch's "
+        "(FSDP: torch's fully_shard)",
+        choices=("minidp", "torch"),
+    )
+    compute_dtype: str = _opt(
+        "auto",
+        "what forward and backward compute in; the weights and the optimizer stay float32 "
+        "(auto: bf16 on GPUs, fp32 on CPUs; shard none and zero1 autocast, fsdp casts each "
+        "unit's gathered weights)",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    bucket_cap_mb: float = _opt(25.0, "DDP bucket size in MB (shard none and zero1)", at_least=0)
     compile: bool = _opt(False, "torch.compile the model")
     threads: int = _opt(1, "torch threads per CPU worker", at_least=1)
     peak_tflops: float = _opt(
@@ -83,6 +112,13 @@ class TrainConfig:
     eval_batches: int = _opt(4, "batches of batch_size sequences per validation", at_least=1)
     sample_tokens: int = _opt(200, "bytes of text to generate at the start and the end", at_least=0)
     progress: bool = _opt(True, "a progress bar on rank 0")
+
+
+def compute_dtype(c: TrainConfig, device_type: str) -> str:
+    """--compute-dtype, with auto resolved: bf16 on GPUs, fp32 elsewhere."""
+    if c.compute_dtype == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return c.compute_dtype
 
 
 class ConfigError(ValueError):
@@ -111,6 +147,13 @@ def validate(c: TrainConfig, world_size: int, writes: bool = True) -> None:
     problem = _out_of_range(c)
     if problem:
         raise ConfigError(problem)
+    if c.compute_dtype == "fp16":
+        raise ConfigError(
+            "--compute-dtype fp16 needs loss scaling, which minidp.train does not do (fp16 ends "
+            "at 65504 and flushes gradients below 6e-8 to zero): use bf16, as wide as float32"
+        )
+    if c.shard == "fsdp" and c.impl == "torch" and not hasattr(fsdp, "fully_shard"):
+        raise ConfigError(f"--shard fsdp --impl torch needs torch >= 2.6, not {torch.__version__}")
     per_step = world_size * c.grad_accum
     cores = os.cpu_count() or 1
     if c.nproc > cores:
@@ -163,6 +206,10 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> TrainCon
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    for arg in sys.argv[1:] if argv is None else argv:
+        old = arg.split("=")[0]
+        if old in RENAMED:  # an old command: say what to write now
+            parser.error(f"{old} is now {RENAMED[old]}")
     for f in fields(TrainConfig):
         flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.default != "":  # an empty default means "the built-in one", which the help names

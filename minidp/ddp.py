@@ -34,7 +34,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from minidp.buckets import Event, Reducer, assign_buckets, check_buckets
+from minidp.buckets import Reducer, assign_buckets, check_buckets
+from minidp.events import Event
 
 
 def _weak_hook(ddp: "weakref.ref[DistributedDataParallel]", i: int) -> Callable:

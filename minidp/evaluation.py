@@ -1,12 +1,13 @@
 """What the trainer asks of its model between steps: a validation loss and a text sample.
 
     val = evaluate(model, val_tokens, config, env, autocast)   # every rank: the same number
-    text = sample(raw_model, prompt, config, env)               # one rank: bytes decoded to text
+    text = sample(raw_model, prompt, config, env)               # every rank: bytes decoded to text
 
 The validation loss is measured on the same held-out batches every time (their own stream of
 batches, seeded with seed + 1), each rank taking its rows as in training, so that successive
 values differ only because the model changed. The sample starts from a fixed prompt with a fixed
-generator, so samples before and after training differ only because the model learned.
+generator, so samples before and after training differ only because the model learned. Every
+rank samples, with the same generator, the same text: a sharded model's forward is a collective.
 """
 
 import torch

@@ -23,33 +23,17 @@ tensor, whether any rank used it. n floats per row, next to S gradient numbers, 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from minidp.events import Event
+
 # torch 2.13 renamed these two (and warns about the old names); minidp supports torch >= 2.4.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-
-
-@dataclass(frozen=True)
-class Event:
-    """One thing a rank did, for a timeline or a byte count: a collective or a computation.
-
-    kind is "all-gather", "reduce-scatter" or "all-reduce" (with `nbytes`, the size of the whole
-    flat tensor), or "forward" / "backward" (a unit's computation). `unit` numbers the FSDP unit
-    or ZeRO's flat tensor; start and end are time.perf_counter() seconds, one clock for every
-    process of a machine (Linux).
-    """
-
-    kind: str
-    unit: int
-    start: float
-    end: float
-    nbytes: int = 0
 
 
 def bytes_sent(events: list[Event], world_size: int) -> float:
@@ -210,3 +194,60 @@ def all_reduce(buffer: Tensor, group=None, events: list | None = None, unit: int
     nbytes = buffer.numel() * buffer.element_size()
     work = _start(dist.all_reduce, "all-reduce", nbytes, group, events, unit, buffer)
     return Pending(work, lambda: buffer)
+
+
+# ---- optimizer state in pieces, and whole: checkpoints of ZeRO and of FSDP (minidp.sharding)
+
+
+def gather_state(
+    pieces: dict[Tensor, tuple[int, int, int]], state: dict, shapes: dict, group, to: int
+) -> dict[int, dict] | None:
+    """Every parameter's optimizer state, whole, on rank `to` (None on the others): a
+    collective. `pieces` maps each tensor that an optimizer steps on this rank to (index, start,
+    stop): elements [start, stop) of parameter `index`, whose shape is shapes[index]; `state`
+    is that optimizer's state, by those tensors."""
+    shard: dict[int, list] = {}  # parameter index -> [(start, stop, state of that piece)]
+    for piece, (i, a, b) in pieces.items():
+        if piece in state:
+            # On the CPU: gathered as they are, GPU tensors would be rebuilt on rank `to` on
+            # their sender's device index.
+            cpu = {n: v.cpu() if torch.is_tensor(v) else v for n, v in state[piece].items()}
+            shard.setdefault(i, []).append((a, b, cpu))
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    shards: list = [None] * world_size if rank == to else None
+    dst = to if group is None else dist.get_global_rank(group, to)
+    dist.gather_object(shard, shards, dst=dst, group=group)
+    if rank != to:
+        return None
+    parts: dict[int, list] = {}
+    for s in shards:
+        for i, pieces_of_i in s.items():
+            parts.setdefault(i, []).extend(pieces_of_i)
+    return {i: _join(sorted(parts[i], key=lambda x: x[0]), shapes[i]) for i in sorted(parts)}
+
+
+def _join(pieces: list[tuple[int, int, dict]], shape: torch.Size) -> dict:
+    """One parameter's state from its pieces' states: element-wise tensors (shaped like the
+    piece, as Adam's m and v) joined in order; anything else (Adam's step) from the first."""
+    joined = {}
+    for name, first in pieces[0][2].items():
+        if (
+            torch.is_tensor(first)
+            and first.numel() == pieces[0][1] - pieces[0][0]
+            and (first.dim() > 0 or len(shape) == 0)
+        ):
+            joined[name] = torch.cat([s[name].reshape(-1) for _, _, s in pieces]).view(shape)
+        else:
+            joined[name] = first
+    return joined
+
+
+def cut_state(state: dict, shape: torch.Size, a: int, b: int, piece_shape: torch.Size) -> dict:
+    """The state of elements [a, b) of a parameter of `shape`, shaped `piece_shape`, out of its
+    whole state (the inverse of gather_state's join)."""
+    return {
+        name: v.reshape(-1)[a:b].view(piece_shape).clone()
+        if torch.is_tensor(v) and v.shape == shape
+        else v
+        for name, v in state.items()
+    }

@@ -35,7 +35,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from minidp.flat import Event, FlatLayout, all_reduce, pack, unpack
+from minidp.events import Event
+from minidp.flat import FlatLayout, all_reduce, pack, unpack
 from minidp.fsdp_unit import AfterBackward, Unit, cast, find_units, tensors_in
 
 _WRAPPED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()

@@ -65,12 +65,12 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
     return PEAK_TFLOPS[part][DTYPES.index(dtype)] if part else None
 
 
-def matmul_dtype(device_type: str, bf16: bool) -> str:
-    """The dtype the trainer's matrix products run in: bf16 under autocast on GPUs, TF32 for
-    float32 on GPUs (allowed by the trainer), float32 on CPUs."""
-    if device_type != "cuda":
-        return "fp32"
-    return "bf16" if bf16 else "tf32"
+def matmul_dtype(device_type: str, compute_dtype: str) -> str:
+    """The dtype the trainer's matrix products run in, for its compute dtype (fp32 or bf16):
+    bf16 as it says; float32 as TF32 on GPUs (the trainer allows it), as float32 on CPUs."""
+    if compute_dtype != "fp32":
+        return compute_dtype
+    return "tf32" if device_type == "cuda" else "fp32"
 
 
 def device_peak_flops(device: torch.device, dtype: str, tflops: float = 0.0) -> float:

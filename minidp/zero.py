@@ -18,11 +18,13 @@ Two ways to use it:
     average_gradients=True    (the default) the model is NOT wrapped in DDP: backward leaves each
                               rank's own gradients and step() averages them in its reduce-scatter.
                               p.grad keeps this rank's own gradient, so clip_grad_norm_ on the
-                              parameters would clip that, not the average.
-    average_gradients=False   the model IS wrapped in DDP, so every gradient is already averaged
-                              (what clip_grad_norm_ needs); step() only all-gathers: DDP's bytes
-                              and half again, as torch's ZeroRedundancyOptimizer, which broadcasts
-                              each owner's parameters after DDP's all-reduce. minidp.train does so.
+                              parameters would clip that, not the average: call reduce_gradients()
+                              first, and clip the pieces in param_groups by their global norm
+                              (minidp.clipping.clip_grad_norm_), as minidp.train does.
+    average_gradients=False   the model IS wrapped in DDP, so every gradient is already averaged;
+                              step() only all-gathers: DDP's bytes and half again, as torch's
+                              ZeroRedundancyOptimizer, which broadcasts each owner's parameters
+                              after DDP's all-reduce.
 
 The API mirrors torch.distributed.optim.ZeroRedundancyOptimizer: the wrapped optimizer's class and
 keyword arguments, `consolidate_state_dict(to)` then `state_dict()` for a checkpoint, which is in
@@ -36,7 +38,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from minidp.flat import Event, FlatLayout, Piece, all_gather, pack, reduce_scatter, unpack
+from minidp.events import Event
+from minidp.flat import (
+    FlatLayout,
+    Piece,
+    all_gather,
+    cut_state,
+    gather_state,
+    pack,
+    reduce_scatter,
+    unpack,
+)
 
 
 def _piece(p: Tensor, a: int, b: int) -> Tensor:
@@ -74,6 +86,7 @@ class ZeroRedundancyOptimizer:
         self.group, self.average_gradients = group, average_gradients
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.events: list[Event] | None = None  # set to [] to record each collective
+        self._reduced = False  # reduce_gradients() has run since the last step
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -111,6 +124,10 @@ class ZeroRedundancyOptimizer:
         return self.optim.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self._reduced = False
+        for flat in self.flats:  # pieces that reduce_gradients() gave a gradient
+            for view in flat.views:
+                view.grad = None
         for p in self.all_params:  # every gradient, not only this rank's shard
             if set_to_none:
                 p.grad = None
@@ -127,7 +144,9 @@ class ZeroRedundancyOptimizer:
         rank has every updated parameter."""
         if closure is not None:
             raise NotImplementedError("closures would run the model once per rank's shard")
-        self._shard_gradients()
+        if not self._reduced:
+            self._shard_gradients()
+        self._reduced = False
         for flat in self.flats:
             for (i, a, b, _), view in zip(flat.pieces, flat.views, strict=True):
                 if not flat.params[i].is_contiguous():  # a copy: bring it up to date
@@ -146,6 +165,14 @@ class ZeroRedundancyOptimizer:
             full = work.wait()
             for p, offset in zip(flat.params, flat.layout.offsets, strict=True):
                 p.copy_(full[offset : offset + p.numel()].view(p.shape))
+
+    @torch.no_grad()
+    def reduce_gradients(self) -> None:
+        """Give this rank's pieces (the tensors in param_groups) their averaged gradients now,
+        once per step, rather than in step(): for what must see the averaged gradient before
+        the update, such as clipping it by its global norm."""
+        self._shard_gradients()
+        self._reduced = True
 
     def _shard_gradients(self) -> None:
         """Give each piece the averaged gradient of its range: reduce-scattered, or cut out of
@@ -176,29 +203,10 @@ class ZeroRedundancyOptimizer:
 
     def consolidate_state_dict(self, to: int = 0) -> None:
         """Gather every shard's state on rank `to` (a collective: call it on every rank)."""
-        shard: dict[int, list] = {}  # parameter index -> [(start, stop, state of that piece)]
-        for view, (i, a, b) in self.source.items():
-            if view in self.optim.state:
-                # On the CPU: gathered as they are, GPU tensors would be rebuilt on rank `to` on
-                # their sender's device index.
-                state = {
-                    n: v.cpu() if torch.is_tensor(v) else v
-                    for n, v in self.optim.state[view].items()
-                }
-                shard.setdefault(i, []).append((a, b, state))
-        shards: list = [None] * self.world_size if self.rank == to else None
-        dst = to if self.group is None else dist.get_global_rank(self.group, to)
-        dist.gather_object(shard, shards, dst=dst, group=self.group)
+        shapes = {i: p.shape for i, p in enumerate(self.all_params)}
+        state = gather_state(self.source, self.optim.state, shapes, self.group, to)
         self._consolidated = None
-        if self.rank == to:
-            parts: dict[int, list] = {}
-            for s in shards:
-                for i, pieces in s.items():
-                    parts.setdefault(i, []).extend(pieces)
-            state = {
-                i: _join(sorted(parts[i], key=lambda x: x[0]), self.all_params[i])
-                for i in sorted(parts)
-            }
+        if state is not None:
             self._consolidated = {"state": state, "param_groups": self._full_groups()}
 
     def _full_groups(self) -> list[dict]:
@@ -225,32 +233,7 @@ class ZeroRedundancyOptimizer:
             for view in local["params"]:
                 i, a, b = self.source[view]
                 if i in state_dict["state"]:
-                    state[k] = _cut(state_dict["state"][i], self.all_params[i], a, b, view)
+                    full = state_dict["state"][i]
+                    state[k] = cut_state(full, self.all_params[i].shape, a, b, view.shape)
                 k += 1
         self.optim.load_state_dict({"state": state, "param_groups": local_groups})
-
-
-def _join(pieces: list[tuple[int, int, dict]], param: Tensor) -> dict:
-    """One parameter's state from its pieces' states: element-wise tensors (shaped like the
-    piece, as Adam's m and v) joined in order; anything else (Adam's step) from the first."""
-    joined = {}
-    for name, first in pieces[0][2].items():
-        if (
-            torch.is_tensor(first)
-            and first.numel() == pieces[0][1] - pieces[0][0]
-            and (first.dim() > 0 or param.dim() == 0)
-        ):
-            joined[name] = torch.cat([s[name].reshape(-1) for _, _, s in pieces]).view(param.shape)
-        else:
-            joined[name] = first
-    return joined
-
-
-def _cut(state: dict, param: Tensor, a: int, b: int, view: Tensor) -> dict:
-    """A piece's state out of its parameter's full state (the inverse of _join)."""
-    return {
-        name: v.reshape(-1)[a:b].view(view.shape).clone()
-        if torch.is_tensor(v) and v.shape == param.shape
-        else v
-        for name, v in state.items()
-    }

@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 import minidp
 from minidp.collectives import ring_all_reduce
-from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, Event, PerParameterDDP
+from minidp.ddp import AfterBackwardDDP, DistributedDataParallel, PerParameterDDP
+from minidp.events import Event
 from minidp.host_reads import HostReads
 from minidp.model import GPT, GPTConfig
 from minidp.zero import ZeroRedundancyOptimizer
@@ -739,7 +740,8 @@ def _first_launch_in_backward():
         bucket_cap_mb=1.0,
         compile=True,
     )
-    model, raw, optimizer = build(c, read_env())
+    sharded = build(c, read_env())
+    model, optimizer = sharded.model, sharded.optimizer
     x, y = torch.randint(256, (2, 8, 64), generator=torch.Generator().manual_seed(0))
     fractions = []
     for _ in range(5):  # the first step compiles
@@ -747,7 +749,7 @@ def _first_launch_in_backward():
         loss = model(x, y)[1]
         model.events.append(Event("backward"))
         loss.backward()
-        at = {e.kind: e.time for e in reversed(model.events)}  # the first of each kind
+        at = {e.kind: e.start for e in reversed(model.events)}  # the first of each kind
         fractions.append((at["launch"] - at["backward"]) / (at["backward end"] - at["backward"]))
         optimizer.zero_grad()
     return statistics.median(fractions[1:])

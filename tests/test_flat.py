@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 
 import minidp
-from minidp.flat import Event, FlatLayout, all_gather, bytes_sent, pack, reduce_scatter, unpack
+from minidp.events import Event
+from minidp.flat import FlatLayout, all_gather, bytes_sent, pack, reduce_scatter, unpack
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -73,6 +74,15 @@ def test_packed_gradients_come_back_averaged_into_the_shards(world_size, native)
         assert torch.equal(whole, torch.arange(world_size).double().repeat_interleave(S))
         if events is not None:
             assert [e.kind for e in events] == ["reduce-scatter"]
+
+
+def test_one_event_record_for_every_timeline():
+    # DDP's instants and FSDP's spans are one type, under the names each module exports.
+    assert minidp.ddp.Event is minidp.flat.Event is minidp.buckets.Event is Event
+    instant, span = Event("launch", 3), Event("all-gather", 0, 1.0, 2.5, 400)
+    assert instant.end == instant.start == instant.time and instant.index == 3
+    assert (span.index, span.unit, span.end - span.start, span.nbytes) == (0, 0, 1.5, 400)
+    assert Event("forward").start >= instant.start  # stamped when made
 
 
 def test_bytes_sent_is_what_a_ring_sends():

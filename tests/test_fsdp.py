@@ -382,7 +382,7 @@ def _timeline(prefetch):
         model.events = []
         _gpt_loss(model, step, slice(rank * 6, rank * 6 + 6)).backward()
     gathers = sorted(e.start for e in model.events if e.kind == "all-gather")
-    forwards = sorted((e.end, e.unit) for e in model.events if e.kind == "forward")
+    forwards = sorted((e.end, e.index) for e in model.events if e.kind == "forward")
     freed = all(u.flat.untyped_storage().nbytes() == 0 for u in model.units)
     return gathers, forwards, freed
 

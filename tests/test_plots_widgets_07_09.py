@@ -17,7 +17,7 @@ from matplotlib.patches import Rectangle
 import minidp
 from minidp import data, model
 from minidp.course import plots, widgets
-from minidp.ddp import Event
+from minidp.events import Event
 
 
 def bars(ax) -> list[Rectangle]:

@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 import minidp
 from minidp.course import plots
-from minidp.flat import Event
+from minidp.events import Event
 from minidp.model import GPT, Block, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("no_orphans")

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -55,78 +54,127 @@ def test_one_process_run_returns_metrics(one_process):
     assert metrics["tokens_per_s"] > 0
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{"nproc": 2}, {"nproc": 2, "zero1": True}],
-    ids=["2-ranks-minidp", "2-ranks-zero1"],
-)
+SHARDED = {  # every --shard and --impl, at 2 ranks
+    "2-ranks-minidp": {"nproc": 2},
+    "2-ranks-torch": {"nproc": 2, "impl": "torch"},
+    "2-ranks-zero1": {"nproc": 2, "shard": "zero1"},
+    "2-ranks-zero1-torch": {"nproc": 2, "shard": "zero1", "impl": "torch"},
+    "2-ranks-fsdp": {"nproc": 2, "shard": "fsdp"},
+    "2-ranks-fsdp-torch": {"nproc": 2, "shard": "fsdp", "impl": "torch"},
+}
+
+
+@pytest.mark.parametrize("overrides", SHARDED.values(), ids=SHARDED.keys())
 def test_same_parameters_at_any_world_size(one_process, tmp_path, overrides):
     # End to end, with AdamW: blind to the gradient's scale (the gradient test below is not).
     config = tiny(tmp_path, **overrides)
     metrics = run(config)
     assert metrics["world_size"] == config.nproc
+    assert metrics["params"] == one_process[0]["params"]  # the whole model's, not a shard's
     # float32: only the order of summation differs, so the difference is rounding.
     assert max_difference(final_weights(config), one_process[1]) <= 1e-5
 
 
-class _GradientRecorder:
-    """Stands in for the optimizer in train_step: records the gradients it would step with."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        self.param_groups = [{}]  # where train_step sets the learning rate
-        self.steps: list[list[torch.Tensor]] = []
-
-    def step(self) -> None:
-        self.steps.append([p.grad.detach().clone() for p in self.params])
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-
-def _gradients(c: TrainConfig, steps: int) -> list[list[torch.Tensor]]:
-    """In each worker: the trainer's own build and train_step, with the recorder as optimizer."""
+def _gradients(c: TrainConfig, steps: int) -> list[dict[str, torch.Tensor]]:
+    """In each worker: the trainer's own build and train_step, with plain SGD at learning rate
+    1 as the optimizer, so that each step's update is minus the gradient it stepped with,
+    wherever that gradient lives (whole, in ZeRO's or FSDP's shards): read from the whole
+    parameters before and after each step."""
     env = read_env()
-    model, raw, _ = build(c, env)
-    recorder = _GradientRecorder(raw.parameters())
+    sharded = build(c, env, optimizer=(torch.optim.SGD, {"lr": 1.0}))
     batches = DeviceBatches(split(load_tokens())[0], c.seed, c.batch_size, c.block_size, env)
+    whole = lambda: {name: t.clone() for name, t in sharded.full_state()[0].items()}  # noqa: E731
+    before, steps_taken = whole(), []  # copies: unsharded, the state is the parameters' own
     for step in range(steps):
-        train_step(step, c.lr, model, raw, recorder, batches.get(step), c, env, nullcontext())
-    return recorder.steps
+        train_step(step, 1.0, sharded, batches.get(step), c, env)
+        after = whole()
+        steps_taken.append({name: before[name] - after[name] for name in before})
+        before = after
+    return steps_taken
+
+
+def _assert_same_gradients(per_rank: list, reference: list, rtol=1e-4, atol=1e-6) -> None:
+    for steps in per_rank:  # every replica stepped with the same averaged gradient
+        for got, want in zip(steps, reference, strict=True):
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol)
+
+
+# No weight decay: the update is then the gradient alone.
+EXACT = dict(grad_clip=0.0, weight_decay=0.0)
 
 
 @pytest.fixture(scope="module")
 def one_process_gradients(tmp_path_factory):
     """The reference: one process, the whole batch, no accumulation, no clipping."""
-    return launch(_gradients, 1, tiny(tmp_path_factory.mktemp("g"), grad_clip=0.0), 3)[0]
+    steps = launch(_gradients, 1, tiny(tmp_path_factory.mktemp("g"), **EXACT), 3)[0]
+    assert all(g.abs().max() > 0 for step in steps for g in step.values())  # each one moved
+    return steps
+
+
+ACCUMULATING = {
+    **SHARDED,
+    "2-ranks-accum": {"nproc": 2, "grad_accum": 2},
+    "1-rank-accum": {"nproc": 1, "grad_accum": 4},
+    "2-ranks-zero1-accum": {"nproc": 2, "shard": "zero1", "grad_accum": 2},
+    "2-ranks-fsdp-accum": {"nproc": 2, "shard": "fsdp", "grad_accum": 2},
+    "2-ranks-fsdp-torch-accum": {"nproc": 2, "shard": "fsdp", "impl": "torch", "grad_accum": 2},
+}
+
+
+@pytest.mark.parametrize("overrides", ACCUMULATING.values(), ids=ACCUMULATING.keys())
+def test_same_gradients_at_any_world_size(one_process_gradients, tmp_path, overrides):
+    # The gradient each rank steps with must be the mean over the whole global batch: a sum over
+    # ranks (2x), a missing or doubled division by grad_accum (2x, 4x, 0.5x), a rank with the
+    # wrong rows, or a shard that missed its reduction would all show here, where AdamW's
+    # updates would hide the scale.
+    c = tiny(tmp_path, **EXACT, **overrides)  # clipping would rescale them too
+    per_rank = launch(_gradients, c.nproc, c, 3, timeout=60)
+    _assert_same_gradients(per_rank, one_process_gradients)
+
+
+CLIPPED = dict(grad_clip=0.05, weight_decay=0.0)  # below every step's norm: always clipping
+
+
+@pytest.fixture(scope="module")
+def one_process_clipped(tmp_path_factory):
+    return launch(_gradients, 1, tiny(tmp_path_factory.mktemp("c"), **CLIPPED), 3)[0]
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [
-        {"nproc": 2},
-        {"nproc": 2, "ddp": "torch"},
-        {"nproc": 2, "grad_accum": 2},
-        {"nproc": 1, "grad_accum": 4},
-    ],
-    ids=["2-ranks-minidp", "2-ranks-torch", "2-ranks-accum", "1-rank-accum"],
+    [SHARDED[k] for k in ("2-ranks-zero1", "2-ranks-zero1-torch", "2-ranks-fsdp")]
+    + [ACCUMULATING["2-ranks-fsdp-torch-accum"]],
+    ids=["zero1", "zero1-torch", "fsdp", "fsdp-torch-accum"],
 )
-def test_same_gradients_at_any_world_size(one_process_gradients, tmp_path, overrides):
-    # The gradient each rank steps with must be the mean over the whole global batch: a sum over
-    # ranks (2x), a missing or doubled division by grad_accum (2x, 4x, 0.5x), or a rank with the
-    # wrong rows would all show here, where AdamW's updates would hide the scale.
-    c = tiny(tmp_path, grad_clip=0.0, **overrides)  # clipping would rescale them too
-    per_rank = launch(_gradients, c.nproc, c, 3, timeout=60)
-    for steps in per_rank:  # every replica holds the same averaged gradient
+def test_clipping_sees_the_whole_gradient(one_process_clipped, tmp_path, overrides):
+    # Each rank holds a shard of the averaged gradient: clipped by its shard's norm, or by a sum
+    # of shard norms counted twice, the update would differ from one process's.
+    c = tiny(tmp_path, **CLIPPED, **overrides)
+    _assert_same_gradients(launch(_gradients, c.nproc, c, 3, timeout=60), one_process_clipped)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"shard": "fsdp"}, {"shard": "fsdp", "impl": "torch"}],
+    ids=["autocast", "fsdp", "fsdp-torch"],
+)
+def test_bf16_compute_is_close_to_float32(one_process_gradients, tmp_path, overrides):
+    # bfloat16 keeps 8 bits of mantissa: the gradient within a few percent, as a whole.
+    c = tiny(tmp_path, **EXACT, nproc=2, compute_dtype="bf16", **overrides)
+    for steps in launch(_gradients, 2, c, 3, timeout=60):
         for got, want in zip(steps, one_process_gradients, strict=True):
-            for g, w in zip(got, want, strict=True):
-                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+            got, want = (torch.cat([t[n].reshape(-1) for n in want]) for t in (got, want))
+            assert got.dtype == torch.float32  # the master weights (and so their updates)
+            assert (got - want).norm() / want.norm() < 0.05
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("shard", ["zero1", "fsdp", "fsdp-torch"])
+def test_resume_continues_exactly(tmp_path, shard):
     # Dropout and accumulation too: their randomness and data must continue where they were.
-    options = dict(nproc=2, zero1=True, dropout=0.1, grad_accum=2)
+    impl = "torch" if shard.endswith("-torch") else "minidp"
+    options = dict(nproc=2, shard=shard.removesuffix("-torch"), impl=impl, dropout=0.1)
+    options.update(grad_accum=2)
     straight = tiny(tmp_path / "straight", **options)
     run(straight)
     interrupted = tiny(tmp_path / "interrupted", stop_after=3, **options)
@@ -135,6 +183,25 @@ def test_resume_continues_exactly(tmp_path):
     run(dataclasses.replace(interrupted, stop_after=0, resume="auto"))
     resumed, expected = final_weights(interrupted), final_weights(straight)
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
+
+
+def test_resume_in_any_shard_mode_at_any_world_size(one_process, tmp_path):
+    # Checkpoints are whole: fsdp at 2 ranks, then torch's fsdp, then none at 1, zero1 at 2.
+    legs = [
+        dict(nproc=2, shard="fsdp", stop_after=2),
+        dict(nproc=2, shard="fsdp", impl="torch", stop_after=3),
+        dict(nproc=1, shard="none", stop_after=4),
+        dict(nproc=2, shard="zero1", stop_after=0),
+    ]
+    for i, leg in enumerate(legs):
+        run(tiny(tmp_path, **leg, resume="yes" if i else "no"))
+        assert checkpoint.load(tmp_path / "ckpt.pt")["step"] == (leg["stop_after"] or 6)
+    assert max_difference(final_weights(tiny(tmp_path)), one_process[1]) <= 1e-5
+    expected = checkpoint.load(os.path.join(one_process[0]["config"]["out_dir"], "ckpt.pt"))
+    got = checkpoint.load(tmp_path / "ckpt.pt")["optimizer"]
+    for i, state in expected["optimizer"]["state"].items():  # AdamW's moments, whole
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(got["state"][i][key], state[key], rtol=1e-3, atol=1e-7)
 
 
 def test_resume_at_another_world_size(one_process, tmp_path):
@@ -201,7 +268,13 @@ def _one_line(capsys, args: list[str]) -> str:
         (["--data", "/no/such/file.txt"], "no such file"),
         (["--data", __file__, "--block-size", "4096"], "hold too few blocks of --block-size 4096"),
         (["--nproc", "512"], "512 CPU workers"),
-        (["--ddp", "mpi"], "invalid choice: 'mpi'"),
+        (["--impl", "mpi"], "invalid choice: 'mpi'"),
+        (["--shard", "zero3"], "invalid choice: 'zero3'"),
+        (["--zero1"], "--zero1 is now --shard zero1"),
+        (["--ddp", "torch"], "--ddp is now --impl"),
+        (["--ddp=torch"], "--ddp is now --impl"),
+        (["--no-bf16"], "--no-bf16 is now --compute-dtype fp32"),
+        (["--compute-dtype", "fp16"], "fp16 needs loss scaling"),
         (["--resume"], "no checkpoint"),
         (["--resume", "maybe"], "invalid choice: 'maybe'"),
         (["--n-embd", "30", "--n-head", "4"], "not a multiple"),
@@ -216,6 +289,14 @@ def _one_line(capsys, args: list[str]) -> str:
 )
 def test_bad_configuration_is_one_line_before_any_worker(tmp_path, capsys, args, message):
     assert message in _one_line(capsys, args + ["--out-dir", str(tmp_path)])
+
+
+def test_torchs_fsdp_on_a_torch_without_it_is_one_line(tmp_path, capsys, monkeypatch):
+    from torch.distributed import fsdp
+
+    monkeypatch.delattr(fsdp, "fully_shard")  # as on torch 2.4 and 2.5
+    err = _one_line(capsys, ["--shard", "fsdp", "--impl", "torch", "--out-dir", str(tmp_path)])
+    assert "--shard fsdp --impl torch needs torch >= 2.6" in err
 
 
 NUMERIC = [f for f in dataclasses.fields(TrainConfig) if f.type in (int, float)]
@@ -343,8 +424,31 @@ def test_torch_ddp_compiles_with_buckets_below_one_mb(tmp_path, monkeypatch):
     # 1 MB first bucket. It fails while tracing, before any code is generated: the eager
     # backend finds it in seconds where inductor would compile for a minute.
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    c = tiny(tmp_path, steps=2, ddp="torch", compile=True, bucket_cap_mb=0.5, sample_tokens=0)
+    c = tiny(tmp_path, steps=2, impl="torch", compile=True, bucket_cap_mb=0.5, sample_tokens=0)
     assert len(run(c)["log"]) == 2
+
+
+def _graph_breaks(c: TrainConfig) -> dict:
+    """In each worker: the trainer's build and 3 steps; where torch.compile broke its graphs."""
+    from torch._dynamo.utils import counters
+
+    env = read_env()
+    sharded = build(c, env)
+    batches = DeviceBatches(split(load_tokens())[0], c.seed, c.batch_size, c.block_size, env)
+    for step in range(3):
+        train_step(step, c.lr, sharded, batches.get(step), c, env)
+    return dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("impl", ["minidp", "torch"])
+def test_fsdp_compiles_without_tracing_its_hooks(tmp_path, monkeypatch, impl):
+    # A block is an FSDP unit, whose hooks gather and swap its parameters: compiled whole, our
+    # block had dynamo trace those hooks and break its graph at each collective and wait. So
+    # --compile compiles each block's parts. The eager backend traces as inductor does, in
+    # seconds (inductor runs too: tried by hand).
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    c = tiny(tmp_path, nproc=2, shard="fsdp", impl=impl, compile=True)
+    assert launch(_graph_breaks, 2, c, timeout=120) == [{}, {}]
 
 
 def test_help_explains_every_option():

@@ -117,8 +117,8 @@ def test_an_unknown_gpu_has_no_peak(name):
 
 
 def test_the_peak_of_the_dtype_used_and_the_override():
-    assert [matmul_dtype("cuda", True), matmul_dtype("cuda", False)] == ["bf16", "tf32"]
-    assert matmul_dtype("cpu", True) == "fp32"  # no autocast on CPUs
+    assert [matmul_dtype("cuda", "bf16"), matmul_dtype("cuda", "fp32")] == ["bf16", "tf32"]
+    assert [matmul_dtype("cpu", "bf16"), matmul_dtype("cpu", "fp32")] == ["bf16", "fp32"]
     assert device_peak_flops(torch.device("cpu"), "fp32") == 0.0  # unknown: no MFU
     assert device_peak_flops(torch.device("cpu"), "fp32", tflops=2.5) == 2.5e12
     # --peak-tflops wins on GPUs too (no GPU is touched when it is given)

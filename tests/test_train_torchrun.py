@@ -84,21 +84,23 @@ def _end(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def test_a_restarted_job_ends_as_an_uninterrupted_one(tmp_path):
-    options = TINY + ["--steps", "40", "--checkpoint-every", "4"]
+# Under fsdp every checkpoint gathers the shards: a shorter job keeps the test's time down.
+@pytest.mark.parametrize("shard, steps", [("none", 40), ("fsdp", 16)])
+def test_a_restarted_job_ends_as_an_uninterrupted_one(tmp_path, shard, steps):
+    options = TINY + ["--steps", str(steps), "--checkpoint-every", "4", "--shard", shard]
     out = tmp_path / "restarted"
     command = TORCHRUN + ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"]
     command += ["-m", "minidp.train", *options, "--resume", "auto", "--out-dir", str(out)]
     stderr = open(tmp_path / "stderr.txt", "w+")  # noqa: SIM115
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
-    steps, seen, killed_at = [], None, None
+    seen_steps, seen, killed_at = [], None, None
     try:
         deadline = time.monotonic() + 180
         while proc.poll() is None and time.monotonic() < deadline:
             stamp = (out / "ckpt.pt").stat().st_mtime_ns if (out / "ckpt.pt").exists() else None
             if stamp != seen:  # a new checkpoint: read its step
                 seen, step = stamp, _checkpoint_step(out / "ckpt.pt")
-                steps.append(step)
+                seen_steps.append(step)
                 if killed_at is None:  # rank 1 dies mid-run, after the first checkpoint
                     workers = psutil.Process(proc.pid).children()
                     [w for w in workers if w.environ().get("RANK") == "1"][0].kill()
@@ -107,12 +109,12 @@ def test_a_restarted_job_ends_as_an_uninterrupted_one(tmp_path):
         assert proc.wait(timeout=30) == 0, Path(stderr.name).read_text()[-3000:]
     finally:
         _end(proc)
-    assert killed_at is not None and killed_at < 40  # the kill came mid-run
+    assert killed_at is not None and killed_at < steps  # the kill came mid-run
     assert "exitcode: -9" in Path(stderr.name).read_text()  # so torchrun did restart the job
-    assert steps == sorted(steps) and steps[-1] == 40  # the checkpoint never went back
+    assert seen_steps == sorted(seen_steps) and seen_steps[-1] == steps  # it never went back
     rows = _rows(out)
-    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))  # each step once
-    assert [r["step"] for r in rows if "val_loss" in r] == [40]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, steps + 1))  # each once
+    assert [r["step"] for r in rows if "val_loss" in r] == [steps]
     expected = _reference(options, tmp_path / "straight")
     got = checkpoint.load(out / "ckpt.pt")["model"]
     assert all(torch.equal(got[name], expected[name]) for name in expected)  # bit for bit
@@ -182,9 +184,11 @@ def _assert_stopped_cleanly(out: Path, err: str, name: str) -> None:
 
 
 def test_sigterm_to_torchrun_stops_after_a_step_with_a_checkpoint(tmp_path):
+    # Under fsdp, whose checkpoint is a collective: every rank stops at the same step for it.
+    # (Ctrl-C, below, stops a run of --shard none.)
     out = tmp_path / "run"
     command = TORCHRUN + ["--standalone", "--nproc-per-node", "2", "-m", "minidp.train"]
-    command += [*TINY, "--steps", "100000", "--out-dir", str(out)]
+    command += [*TINY, "--shard", "fsdp", "--steps", "100000", "--out-dir", str(out)]
     code, err = _stop_with(signal.SIGTERM, command, out, tmp_path)
     assert code != 0
     _assert_stopped_cleanly(out, err, "SIGTERM")
@@ -232,7 +236,7 @@ def test_gpu_check_runs_its_comparison_on_cpus(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert {"torch", "cuda", "nccl", "driver", "gpus", "date"} <= summary.keys()
-    assert set(summary["variants"]) >= {"minidp DDP", "torch DDP"}
+    assert set(summary["variants"]) == {"minidp DDP", "torch DDP", "minidp FSDP", "torch FSDP"}
     for name, result in summary["variants"].items():
         assert result["error"] is None and result["tokens_per_s"] > 0, name
         assert f"{name:>12} " in printed

@@ -4,7 +4,7 @@
     python -m minidp.bench ddp           # our DDP variants vs torch's DDP, on a small GPT,
                                          # and the host reads of a step's forward and backward
     python -m minidp.bench fsdp          # our FSDP vs torch's fully_shard, on the same GPT
-    python -m minidp.bench train         # trainer tokens/s at 1 and 2 CPU ranks
+    python -m minidp.bench train         # trainer tokens/s at 1 and 2 CPU ranks, every --shard
 
 Each prints medians over repeats and ratios against torch measured in the same processes, in
 the same run, interleaved: on a shared machine an absolute time means little, a ratio a lot more.

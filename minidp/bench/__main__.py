@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     fs.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
     fs.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")
     fs.add_argument("--repeats", type=int, default=20, help="timed steps each (default 20)")
-    tr = sub.add_parser("train", help="trainer tokens/s at 1 and 2 CPU ranks, both DDPs")
+    tr = sub.add_parser(
+        "train", help="trainer tokens/s at 1 and 2 CPU ranks, every --shard and --impl"
+    )
     tr.add_argument("--layers", type=int, default=6, help="transformer blocks (default 6)")
     tr.add_argument("--width", type=int, default=256, help="embedding width (default 256)")
     tr.add_argument("--batch", type=int, default=8, help="sequences per rank (default 8)")

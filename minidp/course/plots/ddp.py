@@ -5,7 +5,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from minidp.ddp import Event
+from minidp.events import Event
 
 # ---- 07 DDP by hand
 
@@ -27,8 +27,8 @@ def replica_gaps(gaps: dict[str, Tensor], tolerance: float | None = None) -> Fig
 
 
 # ---- 08 overlap and buckets
-# A trace is one rank's list of minidp.ddp.Event records for one training step: the DDP's own
-# ("grad", "launch", "done", "backward end") and the worker's marks "forward", "backward",
+# A trace is one rank's list of minidp.events.Event records for one training step: the DDP's
+# own ("grad", "launch", "done", "backward end") and the worker's marks "forward", "backward",
 # "step" and "end" at the start of each phase.
 
 PHASES = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:green"}
@@ -36,8 +36,8 @@ PHASES = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:green"}
 
 def step_seconds(ranks: list[list[Event]]) -> float:
     """How long one step took, given each rank's trace of it: first start to last end."""
-    start = min(e.time for trace in ranks for e in trace if e.kind == "forward")
-    return max(e.time for trace in ranks for e in trace if e.kind == "end") - start
+    start = min(e.start for trace in ranks for e in trace if e.kind == "forward")
+    return max(e.start for trace in ranks for e in trace if e.kind == "end") - start
 
 
 def fastest_step(steps: list[list[list[Event]]]) -> list[list[Event]]:
@@ -49,10 +49,10 @@ def fastest_step(steps: list[list[list[Event]]]) -> list[list[Event]]:
 
 def _phase_spans(trace: list[Event]) -> dict[str, tuple[float, float]]:
     """(start, end) of forward, backward and optimizer step in one rank's trace."""
-    at = {e.kind: e.time for e in trace if e.kind in ("forward", "backward", "step", "end")}
+    at = {e.kind: e.start for e in trace if e.kind in ("forward", "backward", "step", "end")}
     # Backward's compute ends at the DDP's end-of-backward callback, before any wait for the
     # network; when it is missing (no DDP) it ends where the optimizer step starts.
-    end = next((e.time for e in trace if e.kind == "backward end"), at["step"])
+    end = next((e.start for e in trace if e.kind == "backward end"), at["step"])
     return {
         "forward": (at["forward"], at["backward"]),
         "backward": (at["backward"], end),
@@ -65,9 +65,9 @@ def _draw_rank(ax, trace: list[Event], row: float, t0: float) -> None:
     ms = lambda t: 1e3 * (t - t0)
     for phase, (start, end) in _phase_spans(trace).items():
         ax.barh(row + 0.25, ms(end) - ms(start), left=ms(start), height=0.4, color=PHASES[phase])
-    ready = [ms(e.time) for e in trace if e.kind == "grad"]
+    ready = [ms(e.start) for e in trace if e.kind == "grad"]
     ax.plot(ready, [row + 0.25] * len(ready), "|", color="k", markersize=7, alpha=0.6)
-    launched = {e.index: e.time for e in trace if e.kind == "launch"}
+    launched = {e.index: e.start for e in trace if e.kind == "launch"}
     for e in trace:
         if e.kind == "done" and e.index in launched:
             # Consecutive buckets alternate between two half-lanes, so that two in flight at
@@ -75,7 +75,7 @@ def _draw_rank(ax, trace: list[Event], row: float, t0: float) -> None:
             i, start = e.index, launched[e.index]
             y = row - 0.35 + 0.2 * (i % 2)
             colour = "tab:red" if i % 2 else "tab:purple"
-            ax.barh(y, ms(e.time) - ms(start), left=ms(start), height=0.2, color=colour)
+            ax.barh(y, ms(e.start) - ms(start), left=ms(start), height=0.2, color=colour)
 
 
 def ddp_timeline(traces: dict[str, list[list[Event]]], steps_ms: dict | None = None) -> Figure:
@@ -86,7 +86,7 @@ def ddp_timeline(traces: dict[str, list[list[Event]]], steps_ms: dict | None = N
     fig = Figure(figsize=(9, 1.0 + 1.3 * rows), layout="constrained")
     axes = fig.subplots(len(traces), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (label, ranks) in zip(axes, traces.items(), strict=True):
-        t0 = min(e.time for trace in ranks for e in trace if e.kind == "forward")
+        t0 = min(e.start for trace in ranks for e in trace if e.kind == "forward")
         for r, trace in enumerate(ranks):
             _draw_rank(ax, trace, len(ranks) - 1 - r, t0)
         ax.set_yticks(

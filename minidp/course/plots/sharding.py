@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 
 from minidp.course.i18n import N_, _
 from minidp.course.plots.scale import PART_COLOURS
-from minidp.flat import Event
+from minidp.events import Event
 
 # ---- bytes per rank
 
@@ -69,7 +69,7 @@ def _draw_rank(ax, events: list[Event], row: float, t0: float) -> None:
                 width,
                 left=start,
                 height=0.38,
-                color=_unit_colour(e.unit),
+                color=_unit_colour(e.index),
                 hatch="//" if e.kind == "backward" else None,
                 edgecolor="w",
                 linewidth=0.5,
@@ -85,8 +85,8 @@ def _draw_rank(ax, events: list[Event], row: float, t0: float) -> None:
                 edgecolor="w",
                 linewidth=0.5,
             )
-            if e.unit >= 0:
-                ax.text(start, row - 0.22, str(e.unit), fontsize=6, va="center", color="w")
+            if e.index >= 0:
+                ax.text(start, row - 0.22, str(e.index), fontsize=6, va="center", color="w")
 
 
 def fsdp_timeline(traces: dict[str, list[list[Event]]], steps_ms: dict | None = None) -> Figure:

@@ -7,7 +7,7 @@ from torch import Tensor
 from minidp import linear
 from minidp.course import plots
 from minidp.course.widgets.core import draw
-from minidp.ddp import Event
+from minidp.events import Event
 
 # ---- 08 overlap and buckets
 

@@ -1,32 +1,235 @@
-"""Checkers of notebook 10, training a GPT."""
+"""Checkers of notebook 10, training a GPT: the trainer's step, written by the learner and run
+on 2 processes against minidp.train's own train_step; MFU and micro-batches."""
 
 from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 
-from minidp.course.checks.core import CheckResult, checker, compare
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from minidp import data
+from minidp.config import TrainConfig
+from minidp.course.checks.core import (
+    CORRECT,
+    INCORRECT,
+    SKIPPED,
+    CheckResult,
+    checker,
+    compare,
+    learner_call,
+    on_workers,
+    same,
+)
+from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
+from minidp.ddp import DistributedDataParallel
+from minidp.environment import DistEnv
+from minidp.train import train_step
+
+# ---- 10.train_step
+
+# 2 ranks of 6 sequences each, and SGD: AdamW would hide a gradient grad_accum times too large,
+# since it divides every gradient by its own running size; SGD's step shows it. Each case is
+# (grad_accum, grad_clip): 3 micro-steps under a limit no gradient reaches, so that the scale of
+# the gradient shows; 2 under a limit every gradient exceeds, so that where clipping happens shows.
+_STEP_K, _STEP_ROWS, _STEP_LR = 2, 6, 0.5
+_STEP_CASES = ((3, 1e3), (2, 0.05))
 
 
-@checker("10.scaling_efficiency")
-def _check_scaling_efficiency(fn: Callable) -> CheckResult:
-    efficiency = lambda one, many, k: many / (k * one)
-    cases = [(1000.0, 1800.0, 2), (5e4, 1.2e5, 4), (2e3, 9e3, 8), (300.0, 300.0, 3)]
-    mistakes = [
-        (
-            lambda one, many, k: many / one,
-            "that is the speedup: divide it by K, the speedup K workers would give at best",
-        ),
-        (
-            lambda one, many, k: k * one / many,
-            "upside down: measured over ideal, that is (tokens/s with K) / (K × tokens/s with 1)",
-        ),
-        (lambda one, many, k: one / many, "measured over ideal: (tokens/s with K) / (K × with 1)"),
-        (lambda one, many, k: many / (k * k * one), "divide by K once, not twice"),
-        (lambda one, many, k: 100 * efficiency(one, many, k), "a fraction, not a percentage"),
-    ]
-    return compare("10.scaling_efficiency", fn, efficiency, cases, mistakes)
+def _step_batches(rank: int, world_size: int) -> list[tuple[Tensor, Tensor]]:
+    """This rank's rows of two steps' global batches: (6, 8) inputs and targets each."""
+    g = torch.Generator().manual_seed(10)
+    rows = [torch.randint(256, (_STEP_K * _STEP_ROWS, 9), generator=g) for _ in range(2)]
+    mine = [data.rank_slice(r, rank, world_size) for r in rows]
+    return [(r[:, :-1], r[:, 1:]) for r in mine]
+
+
+def _trainer_step(model, optimizer, x, y, grad_accum: int, grad_clip: float) -> Tensor:
+    """minidp.train.train_step, called as the trainer calls it, with the exercise's arguments."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    env = DistEnv(rank, rank, world_size, torch.device("cpu"), "gloo")
+    c = TrainConfig(grad_accum=grad_accum, grad_clip=grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    return train_step(0, lr, model, model.module, optimizer, (x, y), c, env, nullcontext())
+
+
+def _step_with(model, optimizer, x, y, grad_accum, grad_clip, mistake: str = "") -> Tensor:
+    """The trainer's step written right, or with one mistake (one of _STEP_MISTAKES' names)."""
+    clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    every = mistake.startswith("step each")  # synchronise and step after every micro-step
+    losses = []
+    for i, (xm, ym) in enumerate(zip(x.chunk(grad_accum), y.chunk(grad_accum), strict=True)):
+        last = i == grad_accum - 1
+        if mistake == "zero each":
+            optimizer.zero_grad()
+        if mistake == "clip before last" and last:
+            clip()
+        with nullcontext() if last or every else model.no_sync():
+            loss = model(xm, ym)[1]
+            (loss if mistake.endswith("unscaled") else loss / grad_accum).backward()
+        losses.append(loss.detach())
+        if mistake == "clip each":
+            clip()
+        if every:
+            optimizer.step()
+            optimizer.zero_grad()
+    if mistake not in ("clip each", "clip before last", "no clip"):
+        clip()
+    if mistake == "zero before step":
+        optimizer.zero_grad()
+    if not every:
+        optimizer.step()
+    if mistake not in ("no zero", "zero each"):
+        optimizer.zero_grad()
+    return torch.stack(losses).mean()
+
+
+_STEPPED = "you stepped after every micro-step: call optimizer.step() once, after the last backward"
+_STEP_MISTAKES = [
+    (
+        "unscaled",
+        "the gradient is grad_accum times too large: divide each micro-step's loss by grad_accum "
+        "before its backward, so that what accumulates is the mean, not the sum",
+    ),
+    (
+        "clip each",
+        "you clipped after every backward: clip once, after the last backward, when .grad holds "
+        "the whole step's averaged gradient",
+    ),
+    (
+        "clip before last",
+        "you clipped before the last backward: the last micro-step's gradient went unclipped, and "
+        "the others were clipped as local, not yet averaged, gradients. Clip after the last one",
+    ),
+    (
+        "no clip",
+        "the gradient was not clipped: call torch.nn.utils.clip_grad_norm_(model.parameters(), "
+        "grad_clip) after the last backward, before optimizer.step()",
+    ),
+    (
+        "no zero",
+        "the second step also used the first step's gradients: zero them once per step, "
+        "optimizer.zero_grad() after optimizer.step() (or before the first backward)",
+    ),
+    (
+        "zero each",
+        "only the last micro-step counted: zero_grad inside the loop throws away what has "
+        "accumulated; call it once per step",
+    ),
+    (
+        "zero before step",
+        "nothing moved: zero_grad ran between the backward passes and optimizer.step(), which then "
+        "found no gradients. Zero them after the step",
+    ),
+    ("step each", _STEPPED),
+    ("step each, unscaled", _STEPPED),
+]
+
+
+def _step_outcome(step_fn: Callable, grad_accum: int, grad_clip: float) -> tuple | str:
+    """Two steps of step_fn on this rank, from the same start: (parameters after them, the
+    losses it returned, all-reduces in each step, DDP's buckets)."""
+    torch.manual_seed(0)
+    ddp = DistributedDataParallel(tiny_gpt().double())  # one bucket: one all-reduce per sync
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=_STEP_LR)
+    losses, launches = [], []
+    for x, y in _step_batches(dist.get_rank(), dist.get_world_size()):
+        ddp.events = []
+        loss = learner_call(step_fn, ddp, optimizer, x, y, grad_accum, grad_clip)
+        if loss is SKIPPED:
+            return SKIPPED
+        losses.append(_number(loss))
+        launches.append(sum(1 for event in ddp.events if event.kind == "launch"))
+    params = torch.nn.utils.parameters_to_vector(ddp.parameters()).detach()
+    return params, losses, launches, len(ddp.buckets)
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _train_step_worker(fn: Callable) -> list | str:
+    """For each case: the learner's outcome, the trainer's, then the mistakes' up to the first
+    that every rank's step matches (none if the learner's matches the trainer's)."""
+    results = []
+    for accum, clip in _STEP_CASES:
+        mine = _step_outcome(fn, accum, clip)
+        if mine is SKIPPED:
+            return SKIPPED
+        outcomes = [mine, _step_outcome(_trainer_step, accum, clip)]
+        # Each try runs collectives, so the ranks decide together whether to go on.
+        for mistake, _ in _STEP_MISTAKES:
+            if _all_ranks(same(mine[0], outcomes[-1][0])):
+                break
+            outcomes.append(_step_outcome(partial(_step_with, mistake=mistake), accum, clip))
+        results.append(outcomes)
+    return results
+
+
+def _all_ranks(flag: bool) -> bool:
+    """Whether flag holds on every rank."""
+    count = torch.tensor(float(flag))
+    dist.all_reduce(count)
+    return count.item() == dist.get_world_size()
+
+
+@checker("10.train_step")
+def _check_train_step(fn: Callable) -> CheckResult:
+    exercise = "10.train_step"
+    got = on_workers(exercise, _STEP_K, _train_step_worker, fn)
+    if isinstance(got, CheckResult):
+        return got
+    for case, (grad_accum, _) in enumerate(_STEP_CASES):
+        ranks = [outcomes[case] for outcomes in got]  # [learner, trainer, *mistakes] per rank
+        hint = _step_verdict(ranks, grad_accum)
+        if hint:
+            return CheckResult(exercise, INCORRECT, hint)
+    return CheckResult(exercise, CORRECT)
+
+
+def _step_verdict(ranks: list[list[tuple]], grad_accum: int) -> str:
+    """The hint for one case's outcomes on every rank, or "" if the learner's step is right."""
+    (params, losses, launches, buckets), trainer, *mistakes = ranks[0]
+    if not all(same(params, other[0][0], rtol=1e-9, atol=1e-12) for other in ranks[1:]):
+        return (
+            "the replicas differ after your step: every rank must step with the same averaged "
+            "gradient. Run all but the last micro-step inside model.no_sync() and the last outside "
+            "it (its backward averages what has accumulated), then clip and step"
+        )
+    if not same(params, trainer[0]):
+        # The worker tried the mistakes in order, up to the first that matched.
+        for outcome, (_, hint) in zip(mistakes, _STEP_MISTAKES, strict=False):
+            if same(params, outcome[0]):
+                return hint
+        return "your step differs from train_step's: compare with train_step at the top"
+    if any(n != buckets for n in launches):
+        return (
+            f"the step is right, but DDP all-reduced {max(launches) // buckets} times in a step: "
+            "run every micro-step but the last inside `with model.no_sync():`"
+        )
+    for rank in ranks:  # each rank returns the mean loss of its own rows
+        mine, expected = rank[0][1], rank[1][1]
+        if None in mine:
+            return "return the step's loss: the mean of the micro-steps' losses"
+        if not same(mine, expected):
+            if same(mine, [grad_accum * e for e in expected]):
+                return "you returned the sum of the micro-steps' losses: return their mean"
+            return (
+                "the parameters are right, but return the mean of the micro-steps' losses (each "
+                "micro-step's loss before dividing by grad_accum)"
+            )
+    return ""
+
+
+# ---- one-line formulas
 
 
 def _mfu(n_params, n_layer, n_embd, block_size, tokens_per_s, peak_flops, n_gpus) -> float:
-    """As minidp.train measures it: 6N + 12 L T d FLOPs per token (PaLM, appendix B)."""
+    """As minidp.train measures it: 6N + 12 n_layer T d FLOPs per token (PaLM, appendix B)."""
     flops_per_token = 6 * n_params + 12 * n_layer * block_size * n_embd
     return flops_per_token * tokens_per_s / (peak_flops * n_gpus)
 
@@ -46,7 +249,7 @@ def _check_mfu(fn: Callable) -> CheckResult:
         ),
         (
             lambda N, L, d, T, tps, peak, n: 6 * N * tps / (peak * n),
-            "add the attention's 12 L T d FLOPs per token: with a long context they matter",
+            "add the attention's 12 n_layer T d FLOPs per token: with a long context they matter",
         ),
         (
             lambda N, L, d, T, tps, peak, n: _mfu(N, L, d, T, tps, peak, 1),

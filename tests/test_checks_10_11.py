@@ -18,6 +18,8 @@ from minidp.course import checks
 from minidp.course.checks import CORRECT, INCORRECT, NOT_ATTEMPTED
 from minidp.model import GPT, GPTConfig
 
+pytestmark = pytest.mark.usefixtures("no_orphans")  # 10.train_step's checker starts processes
+
 # ---- the notebooks' own solutions (taken from the notebooks, not copied here)
 
 SOLUTIONS = {**notebook_solutions("10"), **notebook_solutions("11")}

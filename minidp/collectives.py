@@ -3,20 +3,22 @@
 Each function keeps the contract of `torch.distributed.all_reduce(tensor)` with SUM: the tensor is
 replaced in place by the sum of every rank's tensor; any shape, numel and world size; float or
 integer dtype; bit-identical results on every rank (each sum is computed once, on one rank, and
-copied to the others).
+copied to the others); on a rank outside `group`, nothing happens.
 
     naive_all_reduce   reduce to rank 0, which sends the sum back: the parameter-server pattern.
                        Rank 0's link carries 2(p-1)n bytes; everyone else waits on it.
-    ring_all_reduce    reduce-scatter then all-gather around a ring of p ranks, in p chunks.
-                       Each link carries 2(p-1)/p n bytes, which no algorithm can beat.
+    ring_all_reduce    reduce-scatter then all-gather around a ring of p ranks, in p chunks, one
+                       chunk per step: the textbook ring. Each link carries 2(p-1)/p n bytes,
+                       which no algorithm can beat.
     tree_all_reduce    reduce up a binomial tree, broadcast back down: 2 log2(p) steps,
                        few messages (good for small tensors), n bytes per step (poor for big ones).
 
-They run on gloo (CPUs), whose send/recv keep messages apart by tag; on NCCL use
-dist.all_reduce. Pass `record=[]` to get a list of `Transfer`s: which rank sent which chunk to
-whom, at which step and when; the all-reduce notebook replays them. The ring follows the
-classic description in Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for clusters
-of workstations" (2009); the bandwidth terms are those of Thakur, Rabenseifner & Gropp (2005).
+minidp.fast_ring holds the same ring tuned for speed, on the plumbing defined here (`Comm`,
+`run_all_reduce`). They run on gloo (CPUs); on NCCL use dist.all_reduce. Pass `record=[]` to get
+a list of `Transfer`s: which rank sent which chunk to whom, at which step and when; the all-reduce
+notebook replays them. The ring follows the classic description in Patarasuk & Yuan, "Bandwidth
+optimal all-reduce algorithms for clusters of workstations" (2009); the bandwidth terms are those
+of Thakur, Rabenseifner & Gropp (2005). `python -m minidp.bench allreduce` times them.
 """
 
 import time
@@ -26,10 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
-# Pipelining: a chunk travels as segments of this many bytes, so adding one segment overlaps the
-# arrival of the next. Smaller segments pipeline better but pay gloo's per-message cost more often.
-SEGMENT_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -47,12 +45,12 @@ class Transfer:
     end: float
 
 
-class _Comm:
+class Comm:
     """Rank, size and point-to-point calls for one group, with optional recording."""
 
     def __init__(self, group, algorithm: str, record: list | None):
         self.group = group
-        self.rank = dist.get_rank(group)
+        self.rank = dist.get_rank(group)  # -1 on a rank outside the group
         self.size = dist.get_world_size(group)
         self.algorithm = algorithm
         self.record = record
@@ -77,44 +75,30 @@ class _Comm:
         return time.perf_counter() - self.t0
 
 
-def _run(algorithm, name: str, tensor: Tensor, group, record: list | None) -> None:
-    """Apply an algorithm on a flat contiguous tensor with the contract of all_reduce(tensor)."""
-    if dist.get_backend(group) == "nccl":
-        # NCCL matches a pair's messages in the order they were posted and ignores tags, which
-        # the ring relies on; on GPUs use dist.all_reduce (the course's algorithms are gloo's).
-        raise NotImplementedError(f"minidp's {name} all-reduce runs on gloo, not NCCL")
-    comm = _Comm(group, name, record)
-    if comm.rank < 0 or comm.size == 1 or tensor.numel() == 0:  # not in the group: nothing
+def run_all_reduce(algorithm, name: str, tensor: Tensor, group, record: list | None) -> None:
+    """Apply algorithm(flat, comm) with the contract of all_reduce(tensor): any shape or layout,
+    in place, nothing to do outside the group, alone, or for an empty tensor."""
+    comm = Comm(group, name, record)
+    # Membership first: on a rank outside the group even get_backend(group) raises, where
+    # dist.all_reduce simply returns.
+    if comm.rank < 0 or comm.size == 1 or tensor.numel() == 0:
         return
+    if dist.get_backend(group) == "nccl":
+        # NCCL runs a rank's sends and receives in order on one stream, and a send there waits for
+        # its receive: posted in the order these algorithms post them, they can wait on each other
+        # in a circle. On GPUs use dist.all_reduce (the course's algorithms are gloo's).
+        raise NotImplementedError(f"minidp's {name} all-reduce runs on gloo, not NCCL")
     work = tensor if tensor.is_contiguous() else tensor.contiguous()
     algorithm(work.view(-1), comm)
     if work is not tensor:
         tensor.copy_(work)
 
 
-_SCRATCH: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-
-
-def _scratch(numel: int, like: Tensor) -> Tensor:
-    """A receive buffer kept between calls. A fresh multi-megabyte buffer each call costs a page
-    fault per 4 KB page on first touch, which at 4 MB is a tenth of the whole all-reduce."""
-    key = (like.dtype, like.device)
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = _SCRATCH[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    return buf[:numel]
-
-
-def _segments(start: int, stop: int, per_segment: int) -> list[tuple[int, int]]:
-    """[start, stop) cut into pieces of at most per_segment elements."""
-    return [(a, min(a + per_segment, stop)) for a in range(start, stop, per_segment)]
-
-
-def _naive_all_reduce(flat: Tensor, comm: _Comm) -> None:
+def _naive_all_reduce(flat: Tensor, comm: Comm) -> None:
     """Sum in place: everyone sends to rank 0, which adds in rank order and sends the sum back."""
     n, p = flat.numel(), comm.size
     if comm.rank == 0:
-        inbox = _scratch((p - 1) * n, flat).view(p - 1, n)  # row i from rank i + 1
+        inbox = flat.new_empty(p - 1, n)  # row i from rank i + 1
         recvs = [comm.irecv(inbox[src - 1], src) for src in range(1, p)]
         for src, work in enumerate(recvs, start=1):
             work.wait()
@@ -131,66 +115,40 @@ def _naive_all_reduce(flat: Tensor, comm: _Comm) -> None:
         comm.irecv(flat, 0).wait()
 
 
-def _ring_all_reduce(flat: Tensor, comm: _Comm) -> None:
+def _ring_all_reduce(flat: Tensor, comm: Comm) -> None:
     """Sum in place: reduce-scatter then all-gather around the ring rank -> rank + 1.
 
-    Reduce-scatter: at step s rank r passes chunk r - s on to the right, after adding its own
-    values into it; after p - 1 steps rank r holds the full sum of chunk r + 1. All-gather: the
-    finished chunks travel once more around the ring, p - 1 steps, copied rather than added.
-    In both phases what a rank sends at step t + 1 is what it received at step t, so each segment
-    is passed on as soon as it has arrived (and been added): the ring is pipelined.
+    Reduce-scatter: at step s rank r sends chunk r - s to the right and adds chunk r - s - 1,
+    arriving from the left, into its own copy. What it sends at step s + 1 is what it has just
+    added to, so a partial sum gains one rank's values per hop; after p - 1 steps rank r holds the
+    full sum of chunk r + 1. All-gather: p - 1 more steps pass the finished chunks on around the
+    ring, copied over the receiver's chunk rather than added.
     """
     p, r = comm.size, comm.rank
     left, right = (r - 1) % p, (r + 1) % p
-    # p chunks as equal as possible; some are empty when numel < p, and both neighbours skip them.
-    q, extra = divmod(flat.numel(), p)
-    sizes = [q + (i < extra) for i in range(p)]
-    starts = [sum(sizes[:i]) for i in range(p)]
-    per = max(1, SEGMENT_BYTES // flat.element_size())
-    scratch = _scratch(max(sizes), flat)
-    steps = 2 * (p - 1)
-
-    def segments(chunk: int) -> list[tuple[int, int]]:
-        return _segments(starts[chunk], starts[chunk] + sizes[chunk], per)
-
-    def post_recvs(t: int) -> list:
-        """Receive step t's chunk from the left: into scratch to add (reduce-scatter), or
-        straight into place (all-gather). A message's tag is (step << 20) + segment."""
-        chunk = (r - t - 1) % p
-        lo, recvs = starts[chunk], []
-        for i, (a, b) in enumerate(segments(chunk)):
-            into = scratch[a - lo : b - lo] if t < p - 1 else flat[a:b]
-            recvs.append((comm.irecv(into, left, tag=(t << 20) + i), a, b, into))
-        return recvs
-
-    # When chunks travel in several segments, the all-gather's receives are posted at once, so
-    # that a neighbour can pass on each finished segment the moment it has one, across the
-    # phase boundary. They are safe: a chunk's final sum cannot arrive before this rank's own
-    # contribution to it has been received, so has left this buffer. With one segment a chunk
-    # there is nothing to pipeline, and an early receive only makes gloo write the neighbour's
-    # send inline, holding it up: 0.72-0.83x torch's speed at 1-8 MB instead of 0.86-0.92x.
-    early = range(p - 1, steps) if max(sizes) > per else []
-    pending = {t: post_recvs(t) for t in early}
-    sends = [comm.isend(flat[a:b], right, tag=i) for i, (a, b) in enumerate(segments(r))]
-    start = comm.now()
-    for t in range(steps):
-        reduce = t < p - 1
-        # Reduce-scatter receives share one scratch buffer, free again once step t - 1 is added;
-        # posted after this rank's sends (posted before, they measured slower on gloo).
-        for i, (work, a, b, into) in enumerate(pending.pop(t) if t in pending else post_recvs(t)):
-            work.wait()
-            if reduce:
-                flat[a:b] += into  # overlaps with the next segment's arrival
-            if t + 1 < steps:  # pass it on at once: it is what step t + 1 sends
-                sends.append(comm.isend(flat[a:b], right, tag=((t + 1) << 20) + i))
-        out = (r - t) % p
-        comm.log("reduce-scatter" if reduce else "all-gather", t, right, out, sizes[out], start)
+    # p views into flat whose sizes differ by at most one; with fewer elements than ranks some
+    # are empty, and an empty message is still sent, so every step looks the same.
+    chunks = flat.tensor_split(p)
+    inbox = torch.empty_like(chunks[0])  # chunk 0 is the largest
+    for s in range(p - 1):  # reduce-scatter
+        out, into = (r - s) % p, (r - s - 1) % p
+        arrived = inbox[: chunks[into].numel()]
         start = comm.now()
-    for work in sends:
-        work.wait()
+        recv = comm.irecv(arrived, left)  # posted before the send waits: no deadlock
+        comm.isend(chunks[out], right).wait()
+        recv.wait()
+        comm.log("reduce-scatter", s, right, out, chunks[out].numel(), start)
+        chunks[into].add_(arrived)  # in place: chunks are views into flat
+    for s in range(p - 1):  # all-gather
+        out, into = (r + 1 - s) % p, (r - s) % p
+        start = comm.now()
+        recv = comm.irecv(chunks[into], left)  # straight into place: a copy, not a sum
+        comm.isend(chunks[out], right).wait()
+        recv.wait()
+        comm.log("all-gather", p - 1 + s, right, out, chunks[out].numel(), start)
 
 
-def _tree_all_reduce(flat: Tensor, comm: _Comm) -> None:
+def _tree_all_reduce(flat: Tensor, comm: Comm) -> None:
     """Sum in place: reduce up a binomial tree rooted at rank 0, then broadcast back down.
 
     At level k (distance 2**k) every rank with bit k set sends its partial sum to rank - 2**k and
@@ -199,7 +157,7 @@ def _tree_all_reduce(flat: Tensor, comm: _Comm) -> None:
     """
     p, r = comm.size, comm.rank
     levels = (p - 1).bit_length()
-    inbox = _scratch(flat.numel(), flat)
+    inbox = torch.empty_like(flat)
     for k in range(levels):
         d = 1 << k
         if r % (2 * d) == d:  # bit k set and all lower bits clear: my turn to hand up
@@ -222,17 +180,17 @@ def _tree_all_reduce(flat: Tensor, comm: _Comm) -> None:
 
 def naive_all_reduce(tensor: Tensor, group=None, record: list | None = None) -> None:
     """Sum `tensor` over the group in place, through rank 0 (like dist.all_reduce with SUM)."""
-    _run(_naive_all_reduce, "naive", tensor, group, record)
+    run_all_reduce(_naive_all_reduce, "naive", tensor, group, record)
 
 
 def ring_all_reduce(tensor: Tensor, group=None, record: list | None = None) -> None:
     """Sum `tensor` over the group in place, around a ring (like dist.all_reduce with SUM)."""
-    _run(_ring_all_reduce, "ring", tensor, group, record)
+    run_all_reduce(_ring_all_reduce, "ring", tensor, group, record)
 
 
 def tree_all_reduce(tensor: Tensor, group=None, record: list | None = None) -> None:
     """Sum `tensor` over the group in place, up and down a tree (like dist.all_reduce with SUM)."""
-    _run(_tree_all_reduce, "tree", tensor, group, record)
+    run_all_reduce(_tree_all_reduce, "tree", tensor, group, record)
 
 
 ALGORITHMS = {"naive": naive_all_reduce, "ring": ring_all_reduce, "tree": tree_all_reduce}

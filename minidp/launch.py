@@ -13,29 +13,27 @@ Two ways to run the same worker code:
 first failing rank's traceback is raised in the caller, the others are ended) and torchrun's
 environment variables, so code written for one runs under the other.
 
-The workers find the job in the environment variables torchrun sets (see minidp.environment).
+Nothing outlives a launch: each worker leads a process group, ended whole on every path, and
+every pipe is closed, start-up failures included (see minidp/workers.py).
 """
 
-import ctypes
 import multiprocessing as mp
 import os
 import pickle
-import re
-import select
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from minidp.workers import Workers, become_worker
+
 LOOPBACK = "127.0.0.1"
 RENDEZVOUS_S = 60.0  # the least time workers get to find each other, whatever `timeout` is
+ECHO_S = 0.2  # how long to wait for the partners' errors after a first failure
 
 
 class WorkerError(RuntimeError):
@@ -46,29 +44,12 @@ class WorkerError(RuntimeError):
         self.rank = rank
 
 
-def _die_with_parent() -> None:
-    # Linux only: the kernel kills this worker if the launching process dies (kill -9, a crashed
-    # kernel), so no worker outlives the notebook that started it. Elsewhere the launcher's
-    # `finally` is the only guard.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+# ---- inside a worker
 
 
-def _worker(
-    fn: Callable, rank: int, world_size: int, options: dict, out_fd: int, conn, args, kwargs
-) -> None:
-    """Body of one worker process: route output, join the group, run fn, report back."""
-    _die_with_parent()
-    # Everything this process prints, from Python or from C++ (gloo's warnings), goes into a pipe
-    # that the launcher reads and prefixes with the rank. In a notebook the inherited sys.stdout
-    # belongs to the kernel's I/O thread, which does not exist in the forked child.
-    os.dup2(out_fd, 1)
-    os.dup2(out_fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = sys.stdout
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when workers stop
+def _worker(fn: Callable, rank: int, world_size: int, options: dict, args, kwargs, out_fd, conn):
+    """Body of one worker process: join the group, run fn, report back."""
+    become_worker(out_fd)
     port = conn.recv()  # the rendezvous store's port, known once every worker is forked
     os.environ.update(
         RANK=str(rank),
@@ -86,8 +67,9 @@ def _worker(
     try:
         _join_group(rank, world_size, port, options)
         result = fn(*args, **kwargs)
-        dist.barrier()  # no rank leaves while another still needs it in a collective
-        dist.destroy_process_group()
+        if dist.is_initialized():  # unless fn ended the group itself
+            dist.barrier()  # no rank leaves while another still needs it in a collective
+            dist.destroy_process_group()
         # Plain pickle, not the Connection's own: torch makes multiprocessing send tensors as
         # shared-memory handles, which break once this process exits.
         conn.send_bytes(pickle.dumps(("ok", result)))
@@ -119,41 +101,7 @@ def _join_group(rank: int, world_size: int, port: int, options: dict) -> None:
     )
 
 
-def _pump_output(fds: dict[int, int], sink) -> None:
-    """Copy each worker's output to `sink` line by line, prefixed with its rank, until all close.
-
-    A carriage return ends a line too, and is kept: a progress bar redraws its line with one,
-    and a terminal or a notebook then redraws the prefixed line in place.
-    """
-    partial = {fd: b"" for fd in fds}
-    while partial:
-        ready, _, _ = select.select(list(partial), [], [])
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            if chunk:
-                # [line, end, line, end, ..., unfinished]
-                *pieces, partial[fd] = re.split(rb"(\r\n|\r|\n)", partial[fd] + chunk)
-            else:  # end of file: the worker (and any children it started) have exited
-                rest = partial.pop(fd)
-                pieces = [rest, b"\n"] if rest else []
-                os.close(fd)
-            for line, end in zip(pieces[::2], pieces[1::2], strict=True):
-                text = line.decode(errors="replace")
-                sink.write(f"[rank {fds[fd]}] {text}{end.decode()}")
-            if pieces:
-                sink.flush()
-
-
-def _stop(procs: list) -> None:
-    """End every worker still running: SIGTERM, then SIGKILL for any that ignore it."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(timeout=2)
-        if p.is_alive():
-            p.kill()
-            p.join()
+# ---- in the launcher
 
 
 def launch(
@@ -181,89 +129,40 @@ def launch(
             "minidp.launch needs the 'fork' start method (Linux, macOS, WSL); on native Windows "
             "use WSL, or put the worker code in a script and run it with torchrun."
         )
-    ctx = mp.get_context("fork")
     # torch.optim imports torch._dynamo on first use, about 2 s; imported once here, before the
     # fork, every worker of every launch inherits it instead of paying again.
     import torch._dynamo  # noqa: F401
 
     options = {"timeout": timeout, "threads": threads, "backend": backend}
-    procs, conns, out_fds, store = [], {}, {}, None
+    workers, store = Workers(sys.stdout), None
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         for rank in range(world_size):
-            read_fd, write_fd = os.pipe()
-            conn, worker_conn = ctx.Pipe()
-            worker_args = (fn, rank, world_size, options, write_fd, worker_conn, args, kwargs)
-            # Not a daemon: daemonic processes may not start processes of their own (a DataLoader).
-            p = ctx.Process(target=_worker, args=worker_args, name=f"minidp-rank{rank}")
-            p.start()
-            os.close(write_fd)  # the worker holds the only write end, so EOF means it is gone
-            worker_conn.close()
-            procs.append(p)
-            conns[conn] = rank
-            out_fds[read_fd] = rank
+            workers.fork(rank, _worker, (fn, rank, world_size, options, args, kwargs))
         # The store starts only now: forking while its server thread runs could copy a held lock
         # into a child and hang it. Port 0 lets the OS pick a free port, so launches never collide.
         store = dist.TCPStore(LOOPBACK, 0, world_size, is_master=True, wait_for_workers=False)
-        for conn in conns:
-            conn.send(store.port)
-        pump = threading.Thread(target=_pump_output, args=(out_fds, sys.stdout), daemon=True)
-        pump.start()
-        return _collect(procs, conns, pump)
+        for worker in workers.started:
+            worker.report.send(store.port)
+        return _collect(workers)
     finally:
-        _stop(procs)
+        workers.end()
         del store
 
 
-def _collect(procs: list, conns: dict, pump: threading.Thread) -> list:
+def _collect(workers: Workers) -> list:
     """Wait for each worker's report; on the first failure raise it (the caller ends the rest)."""
-    results: list = [None] * len(procs)
-    pending = dict(conns)
-    while pending:
-        failures = {}
-        for conn in wait_any(list(pending)):
-            rank = pending.pop(conn)
-            status, payload = _receive(conn, procs[rank])
-            if status == "error":
-                failures[rank] = payload
-            else:
-                results[rank] = payload
-        if failures:
-            # When one rank fails, its partners soon fail too, with "Connection closed by peer".
-            # Give them a moment, then report the rank whose error is not such an echo.
-            for conn in wait_any(list(pending), timeout=0.2):
-                rank = pending.pop(conn)
-                status, payload = _receive(conn, procs[rank])
-                if status == "error":
-                    failures[rank] = payload
-            _stop(procs)
-            pump.join(timeout=2)  # let the failing rank's last lines reach the caller
-            echoes = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
-            causes = [r for r, msg in failures.items() if not any(e in msg for e in echoes)]
-            rank = min(causes or failures)
-            raise WorkerError(rank, failures[rank])
-    for p in procs:  # reported, so about to exit; a thread the worker left running can delay it
-        p.join(timeout=10)
-    _stop(procs)
-    pump.join(timeout=5)
-    return results
-
-
-def _receive(conn, proc) -> tuple[str, Any]:
-    """A worker's report: ("ok", result) or ("error", traceback or how it died)."""
-    try:
-        return pickle.loads(conn.recv_bytes())
-    except EOFError:  # died without a word: a signal, os._exit, or a crash in C++
-        proc.join(timeout=5)
-        return "error", _describe_exit(proc.exitcode)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:  # a real-time signal has no name
-            name = str(-code)
-        return f"the worker process was killed by signal {name}"
-    return f"the worker process exited with code {code} without reporting a result"
+    outcomes = lambda: [w.outcome for w in workers.started]
+    failed = lambda: any(o and o[0] == "error" for o in outcomes())
+    workers.serve(lambda: all(outcomes()) or failed(), float("inf"))
+    if not failed():
+        return [result for _, result in outcomes()]
+    # When one rank fails, its partners soon fail too, with "Connection closed by peer".
+    # Give them a moment, then report the rank whose error is not such an echo.
+    workers.serve(lambda: all(outcomes()), ECHO_S)
+    failures = {r: o[1] for r, o in enumerate(outcomes()) if o and o[0] == "error"}
+    echoes = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    causes = [r for r, msg in failures.items() if not any(e in msg for e in echoes)]
+    rank = min(causes or failures)
+    raise WorkerError(rank, failures[rank])

@@ -9,20 +9,25 @@ Real notebooks where they are quick (01 grades in about 10 s), small synthetic o
 import ast
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import tracemalloc
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import psutil
 import pytest
-from nbclient import NotebookClient
+import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from minidp import linear
 from minidp.course import assignments, grading
 from minidp.course.assignments import CODE_STUB, strip_solutions, student_notebook
-from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED
+from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED, same, transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -174,55 +179,52 @@ def test_student_versions_of_the_course_hold_no_solution(tmp_path):
         assert text.count(CODE_STUB) == blocks, path.name
 
 
-# ---- student versions run clean
+# ---- the course, graded
 
 
 def expected(notebook: Path) -> set[str]:
     return {ex for ex in CHECKERS if ex.startswith(notebook.name[:2] + ".")}
 
 
-def run_student_version(path: Path) -> dict[str, str]:
-    """Run it top to bottom (any cell error fails), and return minidp.course.checks.report()."""
-    nb = nbformat.read(path, as_version=4)
-    report = path.with_suffix(".report.json")  # a file: printed output can arrive late
-    write = (
-        "import json\nfrom minidp.course import checks\n"
-        f"open({str(report)!r}, 'w').write(json.dumps(checks.report()))"
-    )
-    nb.cells.append(new_code_cell(write))
-    client = NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.comm_open_handlers = {"jupyter.widget": lambda msg: None}  # as the grader: no stalls
-    client.execute()
-    return json.loads(report.read_text())
+def verdicts(graded: dict, status: str, notebook: Path) -> str | None:
+    """What is wrong with a grade that should give every exercise `status` and see no error."""
+    got = {ex: e["status"] for ex, e in graded["exercises"].items()}
+    if graded["outcome"] == "ran to the end" and not graded["errors"]:
+        if got == dict.fromkeys(expected(notebook), status):
+            return None
+    return f"{graded['outcome']}, errors {graded['errors']}, {got}"
 
 
 @pytest.mark.timeout(3600)
-def test_every_student_version_runs_top_to_bottom_with_nothing_attempted(tmp_path):
-    paths = assignments.write_student_versions(ROOT / "notebooks", tmp_path)
-
-    def outcome(path: Path) -> str | dict:
-        start = time.monotonic()
-        try:
-            return run_student_version(path)
-        except Exception as e:
-            return f"{type(e).__name__}: {e}"
-        finally:
-            print(f"{path.name}: {time.monotonic() - start:.0f} s")
-
-    # Two at a time (each starts worker processes on 2 cores); a notebook that fails next to
-    # another gets one run of its own, so a timing-sensitive cell is not blamed on contention.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = dict(zip(paths, pool.map(outcome, paths), strict=True))
+def test_the_course_grades_its_solutions_full_and_its_student_versions_zero(tmp_path):
+    # The solutions as committed, and the student versions: every cell runs without an error, and
+    # the grader, judging the recorded answers in its own process, agrees with the notebooks.
+    students = assignments.write_student_versions(ROOT / "notebooks", tmp_path / "student")
+    runs = [(path, CORRECT) for path in NOTEBOOKS] + [(path, NOT_ATTEMPTED) for path in students]
+    # Two graders at a time (each kernel starts worker processes on 2 cores), each with every
+    # other notebook; one that fails next to another gets a run of its own, so that a timing-
+    # sensitive cell is not blamed on contention.
+    halves = [runs[0::2], runs[1::2]]
+    graders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "minidp.course.assignments", "grade", "--timeout", "900"]
+            + [str(path) for path, _ in half]
+            + ["--out", str(tmp_path / f"half{i}")],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for i, half in enumerate(halves)
+    ]
+    assert [grader.wait(timeout=3000) for grader in graders] == [0, 0]
+    graded = {}
+    for i in range(2):
+        for record in json.loads((tmp_path / f"half{i}.json").read_text()):
+            graded[record["submission"]] = record
     failures = []
-    for path, result in outcomes.items():
-        if isinstance(result, str):
-            result = outcome(path)
-        if isinstance(result, str):
-            failures.append(f"{path.name}: {result[-2000:]}")
-        elif set(result) != expected(path) or set(result.values()) != {NOT_ATTEMPTED}:
-            failures.append(f"{path.name}: checks {result}, expected {sorted(expected(path))}")
+    for path, status in runs:
+        if verdicts(graded[str(path)], status, path) is not None:
+            problem = verdicts(grading.grade(path, limit_s=900), status, path)
+            if problem is not None:
+                failures.append(f"{path.parent.name}/{path.name}: {problem}")
     assert not failures, "\n\n".join(failures)
 
 
@@ -281,7 +283,7 @@ def test_grading_solutions_student_versions_and_typical_mistakes(tmp_path, monke
     assert status["dave-loss"] == {"01.mse": CORRECT, "01.cross_entropy": INCORRECT}
     assert by_student["carol"]["exercises"]["01.mse"]["hint"] == "J is a mean: divide by m as well"
     assert (
-        "average over the N positions"
+        "average over the m predictions"
         in by_student["dave-loss"]["exercises"]["01.cross_entropy"]["hint"]
     )
     scores = {s: (r["score"], r["max_score"]) for s, r in by_student.items()}
@@ -366,12 +368,160 @@ forked.start()
 own_session = subprocess.Popen(["sleep", "1000000"], start_new_session=True)
 # the shell exits at once: its sleep lives on, re-parented to init, in the kernel's session
 orphan = subprocess.run("sleep 1000000 >/dev/null 2>&1 & echo $!", shell=True, capture_output=True)
-open({str(pids)!r}, "w").write(f"{{forked.pid}} {{own_session.pid}} {{orphan.stdout.decode()}}")"""
+# and this one in a session of its own: neither the kernel's descendant nor in its session
+setsid = "setsid sleep 1000000 >/dev/null 2>&1 & echo $!"
+escaped = subprocess.run(setsid, shell=True, capture_output=True)
+started = [forked.pid, own_session.pid, orphan.stdout.decode(), escaped.stdout.decode()]
+open({str(pids)!r}, "w").write(" ".join(map(str, started)))"""
     path = synthetic(tmp_path, "01_loss.ipynb", workers)
     start = time.monotonic()
     graded = grading.grade(path, limit_s=60)
     assert time.monotonic() - start < 60
     assert graded["outcome"] == "ran to the end" and graded["score"] == 2
     started = [int(pid) for pid in pids.read_text().split()]
-    assert len(started) == 3 and not any(alive(pid) for pid in started)
+    assert len(started) == 4 and not any(alive(pid) for pid in started)
     assert psutil.Process().children(recursive=True) == []
+
+
+# Each forges full marks for the student version of 01, where nothing is solved. The grader judges
+# the answers the learner's functions gave, in its own process: none of these counts.
+STUBS = """import json, os, torch
+import minidp.course.checks.core as core
+from minidp.course import checks
+def my_mse(theta, X, y):
+    raise NotImplementedError
+def my_cross_entropy(z, t):
+    raise NotImplementedError
+correct = lambda ex: checks.CheckResult(ex, checks.CORRECT)
+exercises = ["01.mse", "01.cross_entropy"]"""
+FORGERIES = {
+    "appends to RESULTS": "checks.RESULTS += [correct(ex) for ex in exercises]",
+    "replaces the checkers": """for ex in exercises:
+    checks.CHECKERS[ex] = lambda fn, ex=ex: correct(ex)
+    checks.check(ex, lambda *args: 0.0)""",
+    "writes the results file, then breaks the probe": """
+forged = {ex: [checks.CORRECT, ""] for ex in exercises}
+open("../results.json", "w").write(json.dumps(forged))
+checks.RESULTS = None""",
+    "patches the checker when called": """def my_mse(theta, X, y):
+    core.same = lambda *args, **kwargs: True  # every answer now agrees with the reference
+    checks.CHECKERS["01.cross_entropy"] = lambda fn: correct("01.cross_entropy")
+    return torch.zeros(())
+for ex, fn in zip(exercises, [my_mse, my_cross_entropy]):
+    assert checks.check(ex, fn).correct  # fooled here, in the submission's kernel""",
+    "leaves a pipe and a link for transcripts": """folder = os.environ["MINIDP_TRANSCRIPTS"]
+os.mkfifo(os.path.join(folder, "01.mse.json"))  # reading it would wait forever
+os.symlink("/dev/zero", os.path.join(folder, "01.cross_entropy.json"))  # and this never ends""",
+}
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_a_forged_grade_is_zero(tmp_path, forgery):
+    folder = tmp_path / "eve"
+    folder.mkdir()
+    nb = new_notebook(cells=[new_code_cell(STUBS), new_code_cell(FORGERIES[forgery])])
+    nbformat.write(nb, folder / "01_loss.ipynb")
+    graded = grading.grade(folder / "01_loss.ipynb", limit_s=60)
+    assert graded["outcome"] == "ran to the end" and graded["errors"] == []
+    assert graded["score"] == 0 and graded["max_score"] == 2, graded["exercises"]
+
+
+def peak_bytes(path: Path) -> tuple[dict, int]:
+    """The grade of `path`, and the most memory the grader's Python objects took meanwhile."""
+    tracemalloc.start()
+    try:
+        return grading.grade(path, limit_s=60), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_output_is_capped_and_a_huge_print_is_not_held(tmp_path):
+    # 30 MB in small messages (a long training log), or 40 MB in one: neither is held in the
+    # grader's memory. zmq drops the large one, and that kernel's output from then on.
+    many = 'for _ in range(300):\n    print("y" * 100_000, flush=True)'
+    paths = [
+        synthetic(tmp_path / name, "01_loss.ipynb", cell)
+        for name, cell in [
+            ("quiet", "print('hello')"),
+            ("many", many),
+            ("huge", 'print("x" * 40_000_000)'),
+        ]
+    ]
+    peak_bytes(paths[0])  # what a first grade imports is not counted
+    (_, calm), *noisy = [peak_bytes(path) for path in paths]
+    for graded, peak in noisy:
+        assert graded["outcome"] == "ran to the end" and graded["score"] == 2
+        assert peak - calm < 5e6, f"the grader held {(peak - calm) / 1e6:.0f} MB more"
+
+
+# ---- transcripts: what crosses from a submission to the grader
+
+
+def crossed(value):
+    """value as the grader receives it: encoded, sent as JSON text, decoded."""
+    return transcript.decode(json.loads(json.dumps(transcript.encode(value))))
+
+
+def test_answers_cross_as_plain_data_and_arrive_equal():
+    tensors = [
+        torch.randn(3, 4, dtype=torch.float64).T,  # not contiguous
+        torch.tensor(2.5, requires_grad=True),
+        torch.arange(6, dtype=torch.int16).reshape(2, 3),
+        torch.tensor([True, False]),
+        torch.randn(2, dtype=torch.bfloat16),
+        torch.randn(2, dtype=torch.complex64),
+        torch.empty(0, 3),
+    ]
+    for t in tensors:
+        got = crossed(t)
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t.detach())
+    value = [None, True, 3, 2.5, "s", (1, [2.0]), {"a": (), 4: [torch.ones(1)]}]
+    assert repr(crossed(value)) == repr(value)  # lists stay lists, tuples tuples
+    assert crossed(np.float32(0.5)) == 0.5 and torch.equal(
+        crossed(np.eye(2)), torch.eye(2).double()
+    )
+    assert isinstance(crossed(object()), transcript.Opaque) and not same(crossed(object()), 0)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"tensor": ["float32", [2], "AAAA"]},  # 3 bytes for 2 floats
+        {"tensor": ["object", [1], ""]},
+        {"tensor": ["float32", [-1], ""]},
+        {"pickle": "gASV"},
+        {"tuple": [], "dict": []},
+    ],
+)
+def test_anything_else_is_refused(forged):
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        transcript.decode(forged)
+
+
+def recorded(tmp_path: Path, exercise: str, fn) -> tuple:
+    recorder = transcript.Recorder(fn)
+    result = CHECKERS[exercise](recorder)
+    transcript.save(recorder, tmp_path, exercise)
+    return result, transcript.load(tmp_path, exercise)
+
+
+def test_a_replay_gives_the_checkers_verdict_and_notices_other_questions(tmp_path):
+    def stub(*args):
+        raise NotImplementedError
+
+    for fn, status in [
+        (linear.mse_loss, CORRECT),
+        (stub, NOT_ATTEMPTED),
+        (lambda *a: 0, INCORRECT),
+    ]:
+        here, calls = recorded(tmp_path, "01.mse", fn)
+        replay = transcript.Replay(calls)
+        assert here.status == CHECKERS["01.mse"](replay).status == status
+        assert not replay.mismatch
+    torch.set_default_dtype(torch.float64)  # the checker's inputs are made in float64 there
+    try:
+        here, calls = recorded(tmp_path, "01.mse", linear.mse_loss)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    replay = transcript.Replay(calls)
+    assert here.correct and not CHECKERS["01.mse"](replay).correct and replay.mismatch

@@ -64,7 +64,7 @@ def test_an_unknown_exercise_is_an_error():
 WRONG = [
     # 00.mean
     ("00.mean", lambda x: x.sum(), "sum"),
-    ("00.mean", lambda x: x.sum() / (len(x) - 1), "n - 1"),
+    ("00.mean", lambda x: x.sum() / (len(x) - 1), "m - 1"),
     # 01.mse
     ("01.mse", lambda t, X, y: ((X @ t - y) ** 2).sum() / 2, "divide by m"),
     ("01.mse", lambda t, X, y: ((X @ t - y) ** 2).mean(), "1/2"),

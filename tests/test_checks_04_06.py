@@ -28,7 +28,7 @@ def test_each_checker_lives_in_its_notebooks_module():
 @pytest.mark.parametrize(
     "exercise",
     ["04.exchange", "04.broadcast", "05.delayed_sgd", "05.round_bytes"]
-    + ["06.ring_reduce_scatter", "06.ring_seconds"],
+    + ["06.ring_reduce_scatter", "06.ring_all_gather", "06.ring_seconds"],
 )
 def test_a_stub_is_not_attempted_and_says_so_quickly(exercise):
     start = time.monotonic()
@@ -326,6 +326,138 @@ def test_ring_reduce_scatter_accepts_the_reference():
 )
 def test_ring_reduce_scatter_recognises_mistakes(fn, words):
     assert_hint("06.ring_reduce_scatter", fn, words)
+
+
+# ---- 06.ring_all_gather: after a reduce-scatter, every rank ends with every chunk's sum
+
+
+def my_ring_all_gather(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        recv = dist.irecv(chunks[(r - s) % p], (r - 1) % p)
+        dist.isend(chunks[(r + 1 - s) % p], (r + 1) % p).wait()
+        recv.wait()
+
+
+def my_ring_all_gather_odd_even(x):
+    # Blocking calls, but never all sending at once: even ranks send first, odd ranks receive.
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        incoming = torch.empty_like(chunks[(r - s) % p])
+        if r % 2 == 0:
+            dist.send(chunks[(r + 1 - s) % p], (r + 1) % p)
+            dist.recv(incoming, (r - 1) % p)
+        else:
+            dist.recv(incoming, (r - 1) % p)
+            dist.send(chunks[(r + 1 - s) % p], (r + 1) % p)
+        chunks[(r - s) % p].copy_(incoming)
+
+
+def ag_adds(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        into = chunks[(r - s) % p]
+        got = torch.empty_like(into)
+        recv = dist.irecv(got, (r - 1) % p)
+        dist.isend(chunks[(r + 1 - s) % p], (r + 1) % p).wait()
+        recv.wait()
+        into += got  # as in the reduce-scatter
+
+
+def ag_with_reduce_scatter_indices(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        recv = dist.irecv(chunks[(r - s - 1) % p], (r - 1) % p)
+        dist.isend(chunks[(r - s) % p], (r + 1) % p).wait()
+        recv.wait()
+
+
+def ag_sends_chunk_r_first(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        got = torch.empty_like(chunks[(r - s) % p])
+        recv = dist.irecv(got, (r - 1) % p)
+        dist.isend(chunks[(r - s) % p], (r + 1) % p).wait()
+        recv.wait()
+        chunks[(r - s) % p].copy_(got)
+
+
+def ag_wrong_neighbour(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        recv = dist.irecv(chunks[(r - s) % p], (r + 1) % p)
+        dist.isend(chunks[(r + 1 - s) % p], (r - 1) % p).wait()
+        recv.wait()
+
+
+def ag_into_the_chunk_it_sends(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        got = torch.empty_like(chunks[(r + 1 - s) % p])
+        recv = dist.irecv(got, (r - 1) % p)
+        dist.isend(chunks[(r + 1 - s) % p], (r + 1) % p).wait()
+        recv.wait()
+        chunks[(r + 1 - s) % p].copy_(got)
+
+
+def ag_one_step_short(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 2):
+        recv = dist.irecv(chunks[(r - s) % p], (r - 1) % p)
+        dist.isend(chunks[(r + 1 - s) % p], (r + 1) % p).wait()
+        recv.wait()
+
+
+def ag_on_a_copy(x):
+    my_ring_all_gather(x.clone())
+
+
+def ag_with_view(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.view(p, -1)  # a bug: x has 10 elements on 3 ranks
+    for s in range(p - 1):
+        recv = dist.irecv(chunks[(r - s) % p], (r - 1) % p)
+        dist.isend(chunks[(r + 1 - s) % p], (r + 1) % p).wait()
+        recv.wait()
+
+
+def ag_blocking_sends(x):
+    p, r = dist.get_world_size(), dist.get_rank()
+    chunks = x.tensor_split(p)
+    for s in range(p - 1):
+        dist.send(chunks[(r + 1 - s) % p], (r + 1) % p)  # every rank waits here for a receiver
+        dist.recv(chunks[(r - s) % p], (r - 1) % p)
+
+
+@pytest.mark.parametrize("fn", [my_ring_all_gather, my_ring_all_gather_odd_even])
+def test_ring_all_gather_accepts_correct_answers(fn):
+    assert verdict("06.ring_all_gather", fn) == (CORRECT, "")
+
+
+@pytest.mark.parametrize(
+    "fn, words",
+    [
+        (ag_adds, "copy it over yours"),
+        (ag_with_reduce_scatter_indices, "the reduce-scatter's indices"),
+        (ag_sends_chunk_r_first, "send chunk (r + 1 - s) % p, the one you own"),
+        (ag_wrong_neighbour, "you sent to the left"),
+        (ag_into_the_chunk_it_sends, "over the chunk you were sending"),
+        (ag_one_step_short, "for p - 1 steps (one with 2 ranks)"),
+        (ag_on_a_copy, "x is unchanged"),
+        (ag_with_view, "right when p divides the size"),
+        (ag_blocking_sends, "if every rank sends first"),
+    ],
+)
+def test_ring_all_gather_recognises_mistakes(fn, words):
+    assert_hint("06.ring_all_gather", fn, words)
 
 
 # ---- 06.ring_seconds: 2(p - 1) alpha + 2(p - 1)/p n beta

@@ -1,6 +1,7 @@
 """minidp.launch: results, errors, hangs, interrupts, output, and nothing left running."""
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -8,12 +9,14 @@ import textwrap
 import threading
 import time
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
 
 import minidp
 from minidp import WorkerError, launch, read_env
+from minidp.workers import GRACE_S
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -92,12 +95,183 @@ def test_a_worker_killed_by_a_signal_is_reported():
         launch(die, 2)
 
 
+def test_a_worker_killed_while_a_child_holds_its_pipes_is_reported():
+    def die_leaving_a_child():
+        if os.fork() == 0:  # a forked child holds copies of every pipe its parent had
+            time.sleep(60)
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="SIGKILL"):
+        launch(die_leaving_a_child, 1)
+    assert time.monotonic() - start < 10
+
+
 def test_interrupting_the_caller_ends_the_workers():
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         launch(time.sleep, 2, 120)
     timer.cancel()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _starts_a_child() -> int:
+    return subprocess.Popen(["sleep", "60"]).pid  # never waited for: it would outlive the worker
+
+
+def test_a_workers_children_end_with_it_and_do_not_slow_the_launch():
+    launch(os.getpid, 2)  # the first launch of a process pays for imports
+    start = time.monotonic()
+    launch(os.getpid, 2)
+    plain = time.monotonic() - start
+    start = time.monotonic()
+    children = launch(_starts_a_child, 2)
+    took = time.monotonic() - start
+    # Re-parented to init, which may reap them late (a container's init may never): dead is gone.
+    deadline = time.monotonic() + 2
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(alive(pid) for pid in children)
+    assert took < plain + 1.0, (took, plain)  # not the child's lifetime, nor a fixed wait
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+
+
+def _ignores_sigterm(folder: str):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", STUBBORN])  # and so does its child
+    open(os.path.join(folder, str(child.pid)), "w").close()
+    if dist.get_rank() == 1:
+        time.sleep(1)  # the child has set its handler by now
+        raise ValueError("boom on purpose")
+    time.sleep(120)
+
+
+def test_workers_and_children_that_ignore_sigterm_are_killed(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="boom on purpose"):
+        launch(_ignores_sigterm, 2, str(tmp_path))
+    assert time.monotonic() - start < 15
+    children = [int(pid) for pid in os.listdir(tmp_path)]
+    assert len(children) == 2 and not any(alive(pid) for pid in children)
+
+
+INTERRUPTED = """
+import os, signal, sys, time
+import psutil
+import minidp
+
+def stubborn(folder):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    time.sleep(120)
+
+try:
+    minidp.launch(stubborn, 2, sys.argv[1])
+except KeyboardInterrupt:
+    alive = []
+    for pid in [int(name) for name in os.listdir(sys.argv[1])]:
+        try:
+            alive += [pid] if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else []
+        except psutil.NoSuchProcess:
+            pass
+    print("alive:", alive, "at", time.monotonic())
+"""
+
+
+def test_a_second_ctrl_c_hurries_the_clean_up_instead_of_stopping_it(tmp_path):
+    script = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    script.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # in the grace period now, 2 s: the workers ignore SIGTERM
+    second = time.monotonic()
+    script.send_signal(signal.SIGINT)
+    out, _ = script.communicate(timeout=60)
+    assert out.startswith("alive: [] at ") and script.returncode == 0, out
+    assert float(out.split()[-1]) - second < 1.0  # SIGKILL at once, not after the grace period
+
+
+REAL_STORE = dist.TCPStore
+
+
+def _fails_at_start(*args, **kwargs):
+    if kwargs.get("is_master"):
+        raise RuntimeError("no port for the store, on purpose")
+    return REAL_STORE(*args, **kwargs)
+
+
+def test_fds_and_threads_stay_flat_over_failing_launches(monkeypatch):
+    def failing_launch(i: int) -> None:
+        with monkeypatch.context() as patch:
+            if i % 2:  # a failure at start-up, with the workers already forked
+                patch.setattr(dist, "TCPStore", _fails_at_start)
+            with pytest.raises((WorkerError, RuntimeError), match="on purpose"):
+                launch(_fails_on_rank_one, 2)
+
+    me = psutil.Process()
+    for i in range(2):  # what the first launches load stays loaded
+        failing_launch(i)
+    before = (me.num_fds(), me.num_threads(), threading.active_count())
+    for i in range(20):
+        failing_launch(i)
+    assert (me.num_fds(), me.num_threads(), threading.active_count()) == before
+
+
+def test_a_child_that_leaves_the_group_is_out_of_reach_but_holds_nothing_up():
+    def start_a_session() -> int:  # the child inherits stdout: the worker's output pipe
+        return subprocess.Popen(["sleep", "60"], start_new_session=True).pid
+
+    launch(os.getpid, 1)
+    fds = psutil.Process().num_fds()
+    start = time.monotonic()
+    (escaped,) = launch(start_a_session, 1)
+    try:
+        assert time.monotonic() - start < GRACE_S + 3  # the pipe it holds is not waited for
+        assert psutil.Process().num_fds() == fds  # and is closed here all the same
+        assert alive(escaped)  # beyond a launch: what minidp.course.reaper is for
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+
+
+def test_a_function_may_end_its_own_process_group():
+    def work():
+        x = torch.ones(1)
+        dist.all_reduce(x)
+        dist.destroy_process_group()
+        return x.item()
+
+    assert launch(work, 2) == [2.0, 2.0]
+
+
+def test_file_descriptors_above_1024(capsys):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this machine allows {hard} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # select() stops at 1023
+    try:
+        assert launch(lambda: print(f"hello from {dist.get_rank()}"), 2) == [None, None]
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sorted(capsys.readouterr().out.splitlines()) == [
+        "[rank 0] hello from 0",
+        "[rank 1] hello from 1",
+    ]
 
 
 def test_an_unpicklable_result_is_an_error_not_a_hang():

@@ -137,10 +137,10 @@ def test_learning_rate_explorer_displays_as_its_controls():
 def test_gradient_averaging_mean_is_the_full_gradient_for_every_k():
     X, y = data.linear_data(m=24, x_range=(0.0, 3.0))
     theta = torch.tensor([1.0, 2.0])
-    w = widgets.GradientAveraging(X, y, theta, k=2)
-    assert w.k.options == (1, 2, 3, 4, 6, 8, 12)  # the divisors of 24 up to 12
-    for K in w.k.options:
-        w.k.value = K
+    w = widgets.GradientAveraging(X, y, theta, K=2)
+    assert w.K.options == (1, 2, 3, 4, 6, 8, 12)  # the divisors of 24 up to 12
+    for K in w.K.options:
+        w.K.value = K
         assert w.grads.shape == (K, 2)
         torch.testing.assert_close(w.mean, linear.mse_grad(theta, X, y))
         assert f"{K} workers with {24 // K} examples" in w.label.value

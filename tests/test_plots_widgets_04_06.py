@@ -72,7 +72,7 @@ def test_round_times_has_a_line_per_algorithm_in_each_panel():
 
 
 def test_staleness_effect_and_delay_counts():
-    fig = plots.staleness_effect([0, 2, 4], {"α = 0.1": [1.0, 1.1, 1.5], "α = 0.3": [1, 2, 9]})
+    fig = plots.staleness_effect([0, 2, 4], {"η = 0.1": [1.0, 1.1, 1.5], "η = 0.3": [1, 2, 9]})
     assert len(fig.axes[0].lines) == 2
     fig = plots.delay_counts({2: [0, 1, 1, 1], 3: [0, 1, 2, 2, 2, 3]})
     bars = cells(fig.axes[0])

@@ -324,7 +324,7 @@ def test_set_language_switches_the_checkers_verdicts_and_figure_labels():
         == "❌ 00.mean: incorrect. that is the sum: divide it by the number of entries"
     )
     assert shown_in_chinese == "❌ 00.mean: 不正确。这是总和：还要除以元素个数"
-    assert label == "p（赋给正确的下一个词元的概率）"
+    assert label == "q（赋给正确的下一个词元的概率）"
     assert get_language() == "en" and _("correct") == "correct"
     with pytest.raises(ValueError, match="unknown language 'fr'"):
         set_language("fr")

@@ -28,7 +28,8 @@ def _compare(model_name, optimizer_name, with_ddp, dtype=torch.float64, steps=4)
     torch.manual_seed(rank)  # every rank starts different: ZeRO (or DDP) must fix that
     model = make().to(dtype)
     if with_ddp:
-        model = minidp.DistributedDataParallel(model)
+        # The toy has parameters no rank uses: DDP must be told, as torch's must.
+        model = minidp.DistributedDataParallel(model, find_unused_parameters=True)
     cls, kwargs = OPTIMIZERS[optimizer_name]
     zero = minidp.ZeroRedundancyOptimizer(
         model.parameters(), cls, average_gradients=not with_ddp, **kwargs

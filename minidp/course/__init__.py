@@ -9,6 +9,7 @@
     widgets       the notebooks' sliders and explorers (ipywidgets)
     assignments   student versions of the notebooks, and the command line
     grading       grade reports of submitted notebooks
+    reaper        every process a graded submission started, found and ended
     i18n          set_language("zh") and _(): the course's own messages in the learner's language
     translate     translated editions, generated from the English notebooks and gettext catalogs
 

@@ -8,11 +8,13 @@ A student version replaces the code between `# BEGIN SOLUTION` and `# END SOLUTI
 removes `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` and cells tagged `remove_cell` or
 `hidden`, and clears all outputs: nbgrader's markers (otter-grader reads the same solution ones).
 
-Grading (minidp/grading.py) runs each submission in a fresh kernel, in a temporary folder, under
-a time limit, and reads what its checks reported: a notebook that hangs, kills its kernel or
-leaves workers running is graded on what it had checked. A submission is notebook NN by its "NN_"
-file-name prefix, or else by the exercises it checks; the student is the file's stem
-(`bob.ipynb`), or the folder's name when the file keeps the course's name (`alice/01_loss.ipynb`).
+Grading (minidp/course/grading.py) runs each submission in a fresh kernel, in a temporary folder,
+under a time limit, then judges the answers its learner's functions gave to the checks, with the
+checkers run in the grader, where none of the submission's code runs: a notebook that hangs, kills
+its kernel or leaves workers running is graded on what it had checked, and nothing it patches or
+writes can change a mark. A submission is notebook NN by its "NN_" file-name prefix, or else by
+the exercises it checks; the student is the file's stem (`bob.ipynb`), or the folder's name when
+the file keeps the course's name (`alice/01_loss.ipynb`).
 """
 
 import argparse

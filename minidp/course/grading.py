@@ -1,17 +1,22 @@
-"""Grading: run each submitted notebook in a fresh kernel and report what its checks said.
+"""Grading: run each submitted notebook in a fresh kernel, then judge its exercises in this
+process, where none of the submission's code runs.
 
-A submission runs in a temporary folder, under a time limit, and `minidp.course.checks.RESULTS`
-is read after every cell: a notebook that hangs, kills its kernel or leaves workers running is
-graded on what it had checked. Notebook NN expects the exercises "NN.*" of
-`minidp.course.checks.CHECKERS`; one never checked is "not attempted". A submission is notebook
-NN by its "NN_" file-name prefix, or else by the exercises it checks; the student is the file's
-stem (`bob.ipynb`), or the folder's name when the file keeps the course's name
-(`alice/01_loss.ipynb`).
+    graded = grade(Path("submissions/alice/01_loss.ipynb"))   # {student, exercises, score, ...}
+
+The kernel runs the notebook's cells in a temporary folder, under a time limit; each
+`checks.check` call there writes down what the learner's function answered (a transcript, see
+minidp/course/checks/transcript.py). The grader then runs the same checkers itself, on those
+answers replayed: the marks are decided here, from data, so nothing the submission patches in its
+kernel (RESULTS, CHECKERS, the checkers' own code) or writes to disk counts, only its answers.
+Notebook NN expects the exercises "NN.*" of CHECKERS; one never checked is "not attempted".
+
+While a submission runs the grader is a child subreaper (Linux), so even processes that left
+the kernel's tree (double forks, setsid) re-parent here, and afterwards every process the
+submission started is ended. At most OUTPUT_CAP characters of its output are kept.
 
 The command line is `python -m minidp.course.assignments grade` (see minidp/course/assignments.py).
 """
 
-import contextlib
 import csv
 import json
 import os
@@ -22,11 +27,21 @@ import time
 from pathlib import Path
 
 import nbformat
-import psutil
+import zmq
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-from minidp.course.checks import CHECKERS, CORRECT, NOT_ATTEMPTED
+from minidp.course.checks import CHECKERS, CORRECT, INCORRECT, NOT_ATTEMPTED, CheckResult
+from minidp.course.checks.transcript import FOLDER_ENV, Replay, load
+from minidp.course.reaper import reaping
+
+OUTPUT_CAP = 1_000_000  # characters of a submission's output kept; the rest is dropped
+MESSAGE_CAP = 16 << 20  # bytes of one kernel message; a larger one is dropped by zmq
+MISMATCH = (
+    "the checker's inputs in the submission differ from the grader's: a notebook that changes "
+    "torch's defaults (torch.set_default_dtype) or minidp itself"
+)
 
 
 def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, list[str]]:
@@ -42,24 +57,29 @@ def identify(path: Path, nb: nbformat.NotebookNode | None) -> tuple[str, str, li
 
 
 def grade(path: Path, limit_s: float = 300.0) -> dict:
-    """Run the submission at `path` in a fresh kernel and grade what its checks reported.
+    """Run the submission at `path` in a fresh kernel and grade the answers its checks recorded.
 
     Returns {student, notebook, submission, outcome, errors, exercises, score, max_score}, where
-    exercises maps each exercise id to {status, hint, score}.
+    exercises maps each exercise id to {status, hint, score}. Not for two threads at once: each
+    grade ends every process started while it runs.
     """
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as e:  # a broken file is one student's zero, not the end of the grading
         nb, unread = None, f"unreadable notebook: {e}"
     student, number, checked = identify(path, nb)
-    reported, outcome, errors = _run(nb, path, limit_s) if nb else ({}, unread, [])
-    expected = [ex for ex in sorted(CHECKERS) if ex.startswith(number + ".")]
-    never = "its check never ran" + ("" if outcome == "ran to the end" else f" ({outcome})")
-    exercises = {}
-    for ex in dict.fromkeys(checked + expected + list(reported)):  # in the notebook's order
-        if ex in expected or ex in reported:  # not a check that is only mentioned in the code
-            status, hint = reported.get(ex, (NOT_ATTEMPTED, never))
-            exercises[ex] = {"status": status, "hint": hint, "score": int(status == CORRECT)}
+    with tempfile.TemporaryDirectory(prefix="minidp-grade-") as tmp:
+        folder = Path(tmp) / "transcripts"  # outside the notebook's working directory
+        folder.mkdir()
+        outcome, errors = _run(nb, path, Path(tmp), limit_s) if nb else (unread, [])
+        recorded = [ex for ex in CHECKERS if os.path.lexists(folder / f"{ex}.json")]
+        expected = [ex for ex in sorted(CHECKERS) if ex.startswith(number + ".")]
+        never = "its check never ran" + ("" if outcome == "ran to the end" else f" ({outcome})")
+        exercises = {}
+        for ex in dict.fromkeys(checked + expected + recorded):  # in the notebook's order
+            if ex in expected or ex in recorded:  # not a check that is only mentioned in the code
+                status, hint = _judge(ex, folder, never)
+                exercises[ex] = {"status": status, "hint": hint, "score": int(status == CORRECT)}
     score = sum(e["score"] for e in exercises.values())
     return dict(
         student=student,
@@ -73,49 +93,91 @@ def grade(path: Path, limit_s: float = 300.0) -> dict:
     )
 
 
-# Run in the kernel after every cell. The results go to a file, not to print(): a cell's printed
-# output travels apart from its reply, and a busy machine can deliver it after the reply.
-PROBE = """try:
-    __import__("pathlib").Path({path!r}).write_text(__import__("json").dumps(
-        {{r.exercise: [r.status, r.hint]
-          for r in __import__("minidp.course.checks").course.checks.RESULTS}}))
-except Exception:  # a notebook that broke minidp.course.checks: what earlier probes read stands
-    pass"""
+def _judge(exercise: str, folder: Path, never: str) -> tuple[str, str]:
+    """(status, hint) of the exercise's checker run here on the submission's recorded answers."""
+    try:
+        calls = load(folder, exercise)
+    except ValueError as e:
+        return INCORRECT, f"its transcript is unreadable ({e})"
+    if calls is None:
+        return NOT_ATTEMPTED, never
+    replay = Replay(calls)
+    try:
+        result = CHECKERS[exercise](replay)
+    except Exception as e:  # answers that break the checker: forged, or from another minidp
+        return INCORRECT, f"its answers could not be checked: {type(e).__name__}: {e}"[:500]
+    if replay.mismatch:
+        return INCORRECT, MISMATCH
+    if not isinstance(result, CheckResult):
+        return INCORRECT, "its checker gave no verdict"
+    return result.status, result.hint[:1000]
 
 
-def _run(nb: nbformat.NotebookNode, path: Path, limit_s: float) -> tuple[dict, str, list[str]]:
-    """Execute nb in a fresh kernel in a temporary folder: (results, outcome, errors)."""
-    with tempfile.TemporaryDirectory(prefix="minidp-grade-") as tmp:
-        cwd = Path(tmp) / "work"  # the notebook's working directory; the probe's file is outside
-        cwd.mkdir()
-        shutil.copy(path, cwd)  # the notebook may read or overwrite itself: only this copy
-        # The instructor's IPython profile (history, startup files) stays out of the grading.
-        env = {**os.environ, "IPYTHONDIR": str(Path(tmp) / "ipython")}
-        # The submission's kernelspec names the student's kernel: grade in this Python's own.
-        # Errors are the student's to make: later cells still run and their checks still count.
-        client = NotebookClient(
-            nb, kernel_name="python3", allow_errors=True, extra_arguments=["--log-level=ERROR"]
-        )
-        # Outputs are not kept, so no stand-in for a browser's Output widget: nbclient's answers
-        # the kernel on the shell channel and can stall a cell for its timeout (nbclient#312).
-        client.comm_open_handlers = {"jupyter.widget": lambda msg: None}
-        with client.setup_kernel(cwd=str(cwd), env=env):
-            kernel_pid = client.km.provisioner.pid
-            try:
-                return _run_cells(client, nb, Path(tmp) / "results.json", limit_s)
-            finally:  # before nbclient's shutdown, which would wait for a busy kernel
-                end_process_tree(kernel_pid)
+class _Kernel(AsyncKernelManager):
+    """A kernel whose client drops any message over MESSAGE_CAP bytes (a 100 MB print) in zmq,
+    before it is read into memory: the client's sockets are made with that limit."""
+
+    def client(self, **kwargs):
+        client = super().client(**kwargs)
+        client.context.setsockopt(zmq.MAXMSGSIZE, MESSAGE_CAP)  # its own context, made here
+        return client
 
 
-def _run_cells(
-    client: NotebookClient, nb: nbformat.NotebookNode, results_file: Path, limit_s: float
-) -> tuple[dict, str, list[str]]:
-    results, outcome, errors, index = {}, "ran to the end", [], 0
-    probe = nbformat.v4.new_code_cell(PROBE.format(path=str(results_file)))
+class _Client(NotebookClient):
+    """nbclient's client, keeping at most OUTPUT_CAP characters of a submission's output."""
+
+    kept = 0
+
+    def output(self, outs, msg, display_id, cell_index):
+        self.kept += _characters(msg["content"])
+        if self.kept > OUTPUT_CAP:
+            return None  # dropped: a grade reads none of it, and memory is the grader's
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _characters(content) -> int:
+    if isinstance(content, dict):
+        return sum(_characters(v) for v in content.values())
+    if isinstance(content, list):
+        return sum(_characters(v) for v in content)
+    return len(content) if isinstance(content, str) else 0
+
+
+def _run(nb: nbformat.NotebookNode, path: Path, tmp: Path, limit_s: float) -> tuple[str, list]:
+    """Execute nb in a fresh kernel in tmp/work: (outcome, errors)."""
+    cwd = tmp / "work"  # the notebook's working directory; the transcripts are outside it
+    cwd.mkdir()
+    shutil.copy(path, cwd)  # the notebook may read or overwrite itself: only this copy
+    # The instructor's IPython profile (history, startup files) stays out of the grading.
+    env = {**os.environ, "IPYTHONDIR": str(tmp / "ipython")}
+    env[FOLDER_ENV] = str(tmp / "transcripts")
+    # The submission's kernelspec names the student's kernel: grade in this Python's own.
+    # Errors are the student's to make: later cells still run and their checks still count.
+    client = _Client(
+        nb,
+        kernel_name="python3",
+        kernel_manager_class=_Kernel,
+        allow_errors=True,
+        extra_arguments=["--log-level=ERROR"],
+    )
+    client.coalesce_streams, client.record_timing = False, False  # no copies of long outputs
+    # Outputs are not kept, so no stand-in for a browser's Output widget: nbclient's answers
+    # the kernel on the shell channel and can stall a cell for its timeout (nbclient#312).
+    client.comm_open_handlers = {"jupyter.widget": lambda msg: None}
+    with reaping() as end_new_processes, client.setup_kernel(cwd=str(cwd), env=env):
+        try:
+            return _run_cells(client, nb, limit_s)
+        finally:  # before nbclient's shutdown, which would wait for a busy kernel
+            end_new_processes(client.km.provisioner.pid)
+
+
+def _run_cells(client: NotebookClient, nb: nbformat.NotebookNode, limit_s: float) -> tuple:
+    outcome, errors, index = "ran to the end", [], 0
 
     def record_error(cell, cell_index, execute_reply):  # from the reply, which always arrives
         content = execute_reply["content"]
-        errors.append(f"cell {cell_index}: {content['ename']}: {content['evalue']}".split("\n")[0])
+        error = f"cell {cell_index}: {content['ename']}: {content['evalue']}"
+        errors.append(error[:300].split("\n")[0])
 
     client.on_cell_error = record_error
     deadline = time.monotonic() + limit_s
@@ -127,31 +189,11 @@ def _run_cells(
                 raise CellTimeoutError("time limit")
             client.timeout = max(1, int(deadline - time.monotonic()))  # whole seconds only
             client.execute_cell(cell, index)
-            client.timeout = 30
-            client.execute_cell(probe, index, store_history=False)
-            if results_file.exists():
-                results = {ex: tuple(v) for ex, v in json.loads(results_file.read_text()).items()}
     except CellTimeoutError:
         outcome = f"stopped at the time limit of {limit_s:g} s, in cell {index}"
     except DeadKernelError:
         outcome = f"the kernel died in cell {index}"
-    return results, outcome, errors
-
-
-def end_process_tree(pid: int) -> None:
-    """Kill process `pid`, its descendants, and every process of its session (jupyter starts a
-    kernel as a session leader): workers it forked live on after it, re-parented to init."""
-    procs = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(OSError):  # gone already, or not ours to ask about
-            if os.getsid(p.pid) == pid:
-                procs.append(p)
-    with contextlib.suppress(psutil.NoSuchProcess):  # and those that started their own session
-        procs += psutil.Process(pid).children(recursive=True)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(procs, timeout=10)
+    return outcome, errors
 
 
 def write_report(graded: list[dict], out: Path) -> tuple[Path, Path]:

@@ -7,8 +7,9 @@ In a notebook, after `from minidp.course import checks`:
         raise NotImplementedError   # the learner replaces this
     checks.check("01.mse", my_mse)          # -> "not attempted"
 
-Every call is also recorded in `RESULTS`, which `python -m minidp.course.assignments grade`
-reads from the notebook's kernel to write the grade report. A checker is a function `fn ->
+Every call is also recorded in `RESULTS` (see `report()`). Grading does not read it: it judges
+what the learner's function answered again, in its own process (see `core` and `transcript`).
+A checker is a function `fn ->
 CheckResult`, registered under an exercise id "NN.name" (NN: the notebook). The framework is in
 `core`; each notebook's checkers are in the module of the same name (`nb01_loss` for
 01_loss.ipynb), most built with `core.compare`, which tries the learner's function on several

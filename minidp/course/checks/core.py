@@ -1,12 +1,29 @@
 """The checkers' common ground: results, the registry, comparing answers, and running the
-learner's function on real worker processes."""
+learner's function on real worker processes.
 
+A checker is gradable, so that `python -m minidp.course.assignments grade` decides its marks
+outside the submission (see minidp/course/checks/transcript.py), when:
+- it reaches the learner's code only by calling `fn(...)` (`compare` does), by `on_workers(...)`
+  or by `run_trial(trial, ...)`, with fn itself among their arguments (not inside a list), trial
+  and worker being functions of a checks module; never by `launch` directly. The grader gets
+  back what each call returned, not the objects it gave: a check that looks at something the
+  learner's code changes later (an argument modified in place, a hook left registered) looks
+  inside a trial, which returns what it saw (nb08's ready order);
+- every call's answer is plain data: None, booleans, numbers, strings, tensors, and lists,
+  tuples and dicts of them (anything else equals nothing in the grader);
+- it asks the same questions on every run: seeded generators, no clock, no unseeded randomness,
+  so that the grader's replay meets the same inputs (it checks a fingerprint of each call's);
+- it judges only with its own code: the learner's answers and exceptions are data.
+"""
+
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from minidp.course.checks import transcript
 from minidp.course.i18n import N_, _
 from minidp.launch import WorkerError, launch
 
@@ -53,12 +70,29 @@ def checker(exercise: str):
 
 
 def check(exercise: str, fn: Callable) -> CheckResult:
-    """Check the learner's `fn` for `exercise`, record the result, and return it (it displays)."""
+    """Check the learner's `fn` for `exercise`, record the result, and return it (it displays).
+
+    When grading (the grader sets MINIDP_TRANSCRIPTS), what fn answered is also written down,
+    for the grader to judge again in its own process.
+    """
     if exercise not in CHECKERS:
         raise KeyError(f"no checker called {exercise!r}; known: {', '.join(sorted(CHECKERS))}")
-    result = CHECKERS[exercise](fn)
+    folder = os.environ.get(transcript.FOLDER_ENV)
+    learner = transcript.Recorder(fn) if folder else fn
+    result = CHECKERS[exercise](learner)
+    if folder:
+        transcript.save(learner, folder, exercise)
     RESULTS.append(result)
     return result
+
+
+def run_trial(trial: Callable, *args):
+    """trial(*args), where the learner's function (one of args) runs: here, and when grading, in
+    the submission's kernel, whose answer the grader replays. trial returns plain data."""
+    for learner in args:
+        if isinstance(learner, transcript.Recorder | transcript.Replay):
+            return learner.run(trial, *args)
+    return trial(*args)
 
 
 def report() -> dict[str, str]:
@@ -151,24 +185,41 @@ def on_workers(exercise: str, world_size: int, worker: Callable, *args) -> list 
     A short timeout turns a learner's deadlock into a verdict in seconds, never a hung cell; a
     learner's exception is printed as that rank's own traceback before the verdict.
     """
-    try:
-        results = launch(worker, world_size, *args, timeout=TIMEOUT_S)
-    except WorkerError as e:
-        if "NotImplementedError" in str(e):
+    match run_trial(_launched, world_size, worker, *args):
+        case ("ok", list() as results):
+            if any(isinstance(result, str) and result == SKIPPED for result in results):
+                return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
+            return results
+        case ("failed", int(), str() as message) if _stub(message):
             return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
-        # A deadlocked rank times out; its peer may instead see the connection close first.
-        if "timed out" in str(e).lower() or "Connection closed by peer" in str(e):
+        case ("failed", int(), str() as message) if _hung(message):
             hint = _(HANG_HINT).format(p=world_size, t=TIMEOUT_S)
             return CheckResult(exercise, INCORRECT, hint)
-        print(e)  # the worker's traceback: the line of the learner's code that failed
-        last = str(e).strip().splitlines()[-1]
-        hint = _("with {p} ranks, rank {rank}: {error}").format(
-            p=world_size, rank=e.rank, error=last
-        )
-        return CheckResult(exercise, INCORRECT, hint)
-    if any(isinstance(result, str) and result == SKIPPED for result in results):
-        return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
-    return results
+        case ("failed", int() as rank, str() as message):
+            last = (message.strip().splitlines() or ["(no message)"])[-1]
+            hint = _("with {p} ranks, rank {rank}: {error}").format(
+                p=world_size, rank=rank, error=last
+            )
+            return CheckResult(exercise, INCORRECT, hint)
+    raise transcript.LearnerError("the workers' outcome is not one launch gives")
+
+
+def _launched(world_size: int, worker: Callable, *args) -> tuple:
+    """("ok", results) or ("failed", rank, message): a launch's outcome as plain data."""
+    try:
+        return "ok", launch(worker, world_size, *args, timeout=TIMEOUT_S)
+    except WorkerError as e:
+        if not _stub(str(e)) and not _hung(str(e)):
+            print(e)  # the worker's traceback: the line of the learner's code that failed
+        return "failed", e.rank, str(e)
+
+
+def _stub(message: str) -> bool:
+    return "NotImplementedError" in message
+
+
+def _hung(message: str) -> bool:  # a deadlocked rank times out; its peer may see the close first
+    return "timed out" in message.lower() or "Connection closed by peer" in message
 
 
 def rank_tensor(rank: int, n: int, seed: int = 0) -> Tensor:

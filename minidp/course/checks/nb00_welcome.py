@@ -110,6 +110,6 @@ def _check_mean(fn: Callable) -> CheckResult:
     cases = [(torch.tensor([1.0, 2.0, 6.0]),), (torch.arange(10.0) ** 2,)]
     mistakes = [
         (lambda x: x.sum(), _("that is the sum: divide it by the number of entries")),
-        (lambda x: x.sum() / (len(x) - 1), _("divide by the number of entries n, not n - 1")),
+        (lambda x: x.sum() / (len(x) - 1), _("divide by the number of entries m, not m - 1")),
     ]
     return compare("00.mean", fn, lambda x: x.mean(), cases, mistakes)

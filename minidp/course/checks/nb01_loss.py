@@ -12,10 +12,11 @@ from minidp.course.i18n import _
 def linear_cases() -> list[tuple]:
     """(theta, X, y) of a few sizes; m is never 2, where forgetting 1/m and 1/2 would agree."""
     cases = []
-    for m, n, seed in ((7, 2, 1), (12, 3, 2), (30, 2, 3)):
+    for m, columns, seed in ((7, 2, 1), (12, 3, 2), (30, 2, 3)):
         g = torch.Generator().manual_seed(seed)
-        X, y = data.linear_data(m, theta=tuple(torch.randn(n, generator=g).tolist()), seed=seed)
-        cases.append((torch.randn(n, generator=g), X, y))
+        theta = tuple(torch.randn(columns, generator=g).tolist())
+        X, y = data.linear_data(m, theta=theta, seed=seed)
+        cases.append((torch.randn(columns, generator=g), X, y))
     return cases
 
 
@@ -36,7 +37,7 @@ def _check_mse(fn: Callable) -> CheckResult:
 
 
 def _token_cases() -> list[tuple]:
-    """(logits (N, V), targets (N,)); the last has logits in the hundreds, where exp overflows."""
+    """(logits (m, V), targets (m,)); the last has logits in the hundreds, where exp overflows."""
     g = torch.Generator().manual_seed(0)
     return [
         (torch.randn(5, 7, generator=g), torch.randint(7, (5,), generator=g)),
@@ -48,12 +49,12 @@ def _token_cases() -> list[tuple]:
 @checker("01.cross_entropy")
 def _check_cross_entropy(fn: Callable) -> CheckResult:
     pick = lambda values, t: values.gather(-1, t[:, None]).squeeze(-1)  # each row's target entry
-    log_p = lambda z: z.log_softmax(-1)
+    log_q = lambda z: z.log_softmax(-1)  # log q, the model's log-probabilities
     mistakes = [
-        (lambda z, t: pick(log_p(z), t).mean(), _("the loss is -log p: you forgot the minus sign")),
+        (lambda z, t: pick(log_q(z), t).mean(), _("the loss is -log q: you forgot the minus sign")),
         (
-            lambda z, t: -pick(log_p(z), t).sum(),
-            _("average over the N positions instead of summing"),
+            lambda z, t: -pick(log_q(z), t).sum(),
+            _("average over the m predictions instead of summing"),
         ),
         (
             lambda z, t: -pick(z.log_softmax(0), t).mean(),
@@ -64,7 +65,7 @@ def _check_cross_entropy(fn: Callable) -> CheckResult:
             lambda z, t: -pick(z, t).mean(),
             _("turn logits into log-probabilities: z - logsumexp(z)"),
         ),
-        (lambda z, t: -log_p(z).mean(), _("use only each row's target entry, not every entry")),
+        (lambda z, t: -log_q(z).mean(), _("use only each row's target entry, not every entry")),
         (
             lambda z, t: -pick(z.exp() / z.exp().sum(-1, keepdim=True), t).log().mean(),
             _("exp overflows for large logits: use z - torch.logsumexp(z, dim=-1, keepdim=True)"),

@@ -11,9 +11,9 @@ from minidp.course.checks.nb01_loss import linear_cases
 
 
 def _worker_grads(theta: Tensor, X: Tensor, y: Tensor, K: int) -> list[Tensor]:
-    """Each of K workers' gradient on its shard, rows [r m/K, (r+1) m/K) of (X, y)."""
-    shard = lambda t, r: data.rank_slice(t, r, K)
-    return [linear.mse_grad(theta, shard(X, r), shard(y, r)) for r in range(K)]
+    """Each of K workers' gradient on its shard: worker k's is rows [k m/K, (k+1) m/K) of (X, y)."""
+    shard = lambda t, k: data.rank_slice(t, k, K)
+    return [linear.mse_grad(theta, shard(X, k), shard(y, k)) for k in range(K)]
 
 
 def _sharded_cases() -> list[tuple]:
@@ -26,8 +26,8 @@ def _sharded_cases() -> list[tuple]:
 def _check_worker_grads(fn: Callable) -> CheckResult:
     mistakes = [
         (
-            lambda t, X, y, K: [linear.mse_grad(t, X[r::K], y[r::K]) for r in range(K)],
-            "rank r takes the contiguous rows [r m/K, (r+1) m/K), as minidp.data.rank_slice does",
+            lambda t, X, y, K: [linear.mse_grad(t, X[k::K], y[k::K]) for k in range(K)],
+            "worker k takes the contiguous rows [k m/K, (k+1) m/K), as minidp.data.rank_slice does",
         ),
         (
             lambda t, X, y, K: [g / K for g in _worker_grads(t, X, y, K)],

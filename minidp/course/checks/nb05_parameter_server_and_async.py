@@ -11,7 +11,7 @@ from minidp.parameter_server import batch_indices
 
 
 def _delayed_sgd(grad: Callable, theta0: Tensor, lr: float, steps: int, s: int) -> Tensor:
-    """theta_{t+1} = theta_t - lr grad(theta_{t-s}, t), reading theta_0 while t < s."""
+    """theta_{t+1} = theta_t - lr grad(theta_{t-s}, t), reading theta_0 while t < s (lr is η)."""
     thetas = [theta0]
     for t in range(steps):
         thetas.append(thetas[t] - lr * grad(thetas[max(t - s, 0)], t))
@@ -62,10 +62,10 @@ def _check_delayed_sgd(fn: Callable) -> CheckResult:
         (
             _stale_base,
             "only the gradient is stale: the server applies it to its current θ_t, "
-            "θ_{t+1} = θ_t - α g(θ_{t-s})",
+            "θ_{t+1} = θ_t - η g_t(θ_{t-s})",
         ),
         (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[1:], "include θ_0: return steps + 1 rows"),
-        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[-1], "return every θ, (steps + 1, n)"),
+        (lambda g, th, lr, T, s: ref(g, th, lr, T, s)[-1], "return every θ, (steps + 1, len(θ_0))"),
     ]
     result = compare("05.delayed_sgd", fn, ref, cases, mistakes)
     if "IndexError" in result.hint:  # thetas[t - s] with t < s: before the list's start

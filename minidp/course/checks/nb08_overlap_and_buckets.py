@@ -15,6 +15,7 @@ from minidp.course.checks.core import (
     CheckResult,
     checker,
     on_workers,
+    run_trial,
     same,
 )
 from minidp.ddp import DistributedDataParallel
@@ -65,6 +66,16 @@ def _ready_order(module: torch.nn.Module, compute_loss: Callable) -> list[str]:
     return order
 
 
+def _ready_order_trial(fn: Callable, module: torch.nn.Module, compute_loss: Callable) -> tuple:
+    """fn's answer, and what one more backward adds to it (a hook still registered records it)."""
+    got = fn(module, compute_loss)
+    if not isinstance(got, list):
+        return got, 0
+    seen = len(got)
+    compute_loss().backward()
+    return got[:seen], len(got) - seen
+
+
 @checker("08.ready_order")
 def _check_ready_order(fn: Callable) -> CheckResult:
     exercise = "08.ready_order"
@@ -73,7 +84,7 @@ def _check_ready_order(fn: Callable) -> CheckResult:
     ):
         expected = _ready_order(ref_module, ref_loss)
         try:
-            got = fn(module, compute_loss)
+            got, later = run_trial(_ready_order_trial, fn, module, compute_loss)
         except NotImplementedError:
             return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
         except Exception as e:
@@ -81,9 +92,7 @@ def _check_ready_order(fn: Callable) -> CheckResult:
         if not isinstance(got, list) or not all(isinstance(name, str) for name in got):
             hint = "return a list of names (str), as model.named_parameters() gives them"
             return CheckResult(exercise, INCORRECT, hint)
-        seen = list(got)
-        compute_loss().backward()  # one more backward: a hook still registered would record it
-        if len(got) != len(seen):
+        if later:
             hint = (
                 "your hooks are still registered after your function returned, and record every "
                 "later backward too: keep the handles and call handle.remove() on each"

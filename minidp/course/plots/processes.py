@@ -94,7 +94,9 @@ def delay_counts(delays: dict[int, list[int]]) -> Figure:
         counts = torch.bincount(torch.tensor(ds))
         shares = (counts / counts.sum()).tolist()
         ax.bar([d + i * width for d in range(len(shares))], shares, width, label=f"K = {K}")
-    ax.set(xlabel="delay τ: updates applied while the worker computed", ylabel="share of updates")
+    ax.set(
+        xlabel="staleness s_t: updates applied while the worker computed", ylabel="share of updates"
+    )
     ax.legend(fontsize=8)
     return fig
 

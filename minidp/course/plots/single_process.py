@@ -67,14 +67,15 @@ def loss_surface(X: Tensor, y: Tensor, limits=LIMITS, marks: dict | None = None)
 
 
 def neg_log_prob() -> Figure:
-    """The cross-entropy of one prediction, -log p, against the probability p of the right token."""
+    """The cross-entropy of one prediction, -log q, against the probability q of the right token
+    (q, not p: the course keeps p for the number of processes)."""
     fig = Figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.subplots()
-    p = torch.linspace(0.002, 1, 500)
-    ax.plot(p, -torch.log(p))
+    q = torch.linspace(0.002, 1, 500)
+    ax.plot(q, -torch.log(q))
     guess = _("uniform guess over 256 bytes: log 256 ≈ 5.55")
     ax.plot(1 / 256, math.log(256), "o", label=guess)
-    ax.set(xlabel=_("p (probability given to the right next token)"), ylabel=_("loss  -log p"))
+    ax.set(xlabel=_("q (probability given to the right next token)"), ylabel=_("loss  -log q"))
     ax.legend(fontsize=8)
     return fig
 

@@ -26,7 +26,7 @@ class StalenessExplorer:
             value=staleness, min=0, max=max_staleness, description="staleness s"
         )
         self.lr = W.FloatSlider(
-            value=config.lr, min=0.01, max=0.5, step=0.01, description="learning rate α"
+            value=config.lr, min=0.01, max=0.5, step=0.01, description="learning rate η"
         )
         self.label = W.HTML()
         self.image = W.Image(format="png")
@@ -48,7 +48,7 @@ class StalenessExplorer:
         self.diverged = not bool(self.losses[-1] < self.losses[0])  # also when it is inf or nan
         verdict = "diverges" if self.diverged else f"ends at J = {self.losses[-1]:.3g}"
         self.label.value = (
-            f"s = {s}, α = {self.lr.value:.2f}: {verdict} (fresh gradients: J = {fresh[-1]:.3g})"
+            f"s = {s}, η = {self.lr.value:.2f}: {verdict} (fresh gradients: J = {fresh[-1]:.3g})"
         )
         curves = {"fresh gradients (s = 0)": fresh, f"{s} updates late": self.losses}
         # A diverging curve reaches inf; clip so the plot still shows where it went.

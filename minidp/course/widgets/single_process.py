@@ -28,7 +28,7 @@ class LearningRateExplorer:
             min=-2.5,
             max=0,
             step=0.05,
-            description="learning rate α",
+            description="learning rate η",
             style=style,
         )
         self.start0 = W.FloatSlider(
@@ -67,7 +67,7 @@ class LearningRateExplorer:
             f"<b>{self.status}</b>: J went from {first:.3g} to {last:.3g} "
             f"in {self.steps.value} steps (the minimum is {self.best:.3g})"
         )
-        self.fig = plots.descent_paths(self.X, self.y, {f"α = {self.lr.value:.3g}": self.path})
+        self.fig = plots.descent_paths(self.X, self.y, {f"η = {self.lr.value:.3g}": self.path})
         draw(self.image, self.fig)
 
     def _repr_mimebundle_(self, **kwargs):
@@ -81,24 +81,25 @@ class GradientAveraging:
     """K simulated workers, each with a contiguous shard of (X, y): their gradients at theta and
     the mean, which equals the full-batch gradient; K is a slider over the divisors of m.
 
-    State after each update: `grads` (K, n), `mean` (n,), `full` (n,) and `fig`.
+    State after each update: `grads` (K, len(theta)), `mean` and `full` (len(theta),), `fig`.
     """
 
-    def __init__(self, X: Tensor, y: Tensor, theta: Tensor, k: int = 4, max_k: int = 12):
+    def __init__(self, X: Tensor, y: Tensor, theta: Tensor, K: int = 4, max_K: int = 12):
         self.X, self.y, self.theta = X, y, theta
         self.full = linear.mse_grad(theta, X, y)  # what the workers must agree on, whatever K
-        divisors = [d for d in range(1, max_k + 1) if len(y) % d == 0]  # equal shards only
-        self.k = W.SelectionSlider(options=divisors, value=k, description="workers K")
+        divisors = [d for d in range(1, max_K + 1) if len(y) % d == 0]  # equal shards only
+        # K, the number of workers, as in the notebook's formulas (k is one worker's index).
+        self.K = W.SelectionSlider(options=divisors, value=K, description="workers K")
         self.label = W.HTML()
         self.image = W.Image(format="png")
-        self.k.observe(lambda change: self.update(), names="value")
-        self.ui = W.VBox([self.k, self.label, self.image])
+        self.K.observe(lambda change: self.update(), names="value")
+        self.ui = W.VBox([self.K, self.label, self.image])
         self.update()
 
     def update(self) -> None:
-        K = self.k.value
-        shards = [(data.rank_slice(self.X, r, K), data.rank_slice(self.y, r, K)) for r in range(K)]
-        self.grads = torch.stack([linear.mse_grad(self.theta, Xr, yr) for Xr, yr in shards])
+        K = self.K.value
+        shards = [(data.rank_slice(self.X, k, K), data.rank_slice(self.y, k, K)) for k in range(K)]
+        self.grads = torch.stack([linear.mse_grad(self.theta, Xk, yk) for Xk, yk in shards])
         self.mean = linear.average_gradients(list(self.grads))
         gap = (self.mean - self.full).abs().max().item()
         self.label.value = (

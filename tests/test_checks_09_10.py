@@ -10,14 +10,24 @@ import contextlib
 
 import pytest
 import torch
+import torch.distributed as dist
 from checking import assert_hint, stub, verdict
 from solutions import notebook_solutions
 
 import minidp
+from minidp.config import TrainConfig
 from minidp.course import checks
-from minidp.course.checks import CORRECT, NOT_ATTEMPTED, nb09_gradient_accumulation
+from minidp.course.checks import (
+    CHECKERS,
+    CORRECT,
+    NOT_ATTEMPTED,
+    nb09_gradient_accumulation,
+    transcript,
+)
 from minidp.course.checks import nb10_training_a_gpt as nb10
 from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
+from minidp.environment import DistEnv
+from minidp.train import train_step
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -205,9 +215,8 @@ def test_the_cases_reach_the_clipping_limit_only_where_they_should():
 
 
 def test_the_reference_is_one_process_on_the_whole_batch():
-    """train_step, as the checker calls it on 2 ranks, equals SGD in one process on both ranks'
-    rows at once: so the checker's reference is the large-batch step."""
-    got = minidp.launch(_two_steps_of_the_trainer, 2, timeout=60)
+    """Without clipping, train_step on 2 ranks equals SGD in one process on both ranks' rows at
+    once, the large-batch step: so the checker's reference is."""
     torch.manual_seed(0)
     model = tiny_gpt().double()
     optimizer = torch.optim.SGD(model.parameters(), lr=nb10._STEP_LR)
@@ -216,13 +225,55 @@ def test_the_reference_is_one_process_on_the_whole_batch():
         optimizer.step()
         optimizer.zero_grad()
     whole = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    for params in got:
-        torch.testing.assert_close(params, whole, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(nb10._simulated(3, 1e3)[0], whole, rtol=1e-10, atol=1e-12)
 
 
-def _two_steps_of_the_trainer():
-    params, *_ = nb10._step_outcome(nb10._trainer_step, 3, 1e3)
-    return params
+@pytest.mark.parametrize(("grad_accum", "grad_clip"), nb10._STEP_CASES)
+def test_the_reference_is_the_trainers_own_step_on_2_ranks(grad_accum, grad_clip):
+    """The checker computes its reference in one process (so that the grader computes it, not
+    the submission): minidp.train.train_step on 2 real ranks gives the same parameters and each
+    rank's losses."""
+    got = minidp.launch(_trainer_steps, 2, grad_accum, grad_clip, timeout=60)
+    params, losses = nb10._simulated(grad_accum, grad_clip)
+    for rank, (theirs, their_losses) in enumerate(got):
+        torch.testing.assert_close(theirs, params, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(their_losses, losses[rank], rtol=1e-6, atol=1e-9)
+
+
+def _trainer_steps(grad_accum: int, grad_clip: float) -> tuple:
+    """Two steps of minidp.train.train_step, called as the trainer calls it."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    env = DistEnv(rank, rank, world_size, torch.device("cpu"), "gloo")
+    c = TrainConfig(grad_accum=grad_accum, grad_clip=grad_clip)
+    model = minidp.DistributedDataParallel(nb10._start())
+    optimizer = torch.optim.SGD(model.parameters(), lr=nb10._STEP_LR)
+    losses = []
+    for batch in nb10._step_batches(rank, world_size):
+        step = (0, nb10._STEP_LR, model, model.module, optimizer, batch, c, env)
+        losses.append(float(train_step(*step, contextlib.nullcontext())))
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach(), losses
+
+
+@pytest.mark.parametrize(
+    ("exercise", "fn", "status"),
+    [
+        ("09.token_loss_scale", SOLUTIONS["09.token_loss_scale"], "correct"),
+        ("09.token_loss_scale", lambda counts, rank, j: 1 / counts.shape[1], "incorrect"),
+        ("10.train_step", SOLUTIONS["10.train_step"], "correct"),
+        ("10.train_step", step_with(clip="each"), "incorrect"),
+        ("10.train_step", stub, "not attempted"),
+    ],
+)
+def test_the_grader_replays_the_answers_to_the_same_verdict(tmp_path, exercise, fn, status):
+    """Gradable: the checker, fed in another process's place the answers recorded here, asks the
+    same questions and reaches the same verdict and hint with its own references."""
+    recorder = transcript.Recorder(fn)
+    here = CHECKERS[exercise](recorder)
+    transcript.save(recorder, tmp_path, exercise)
+    replay = transcript.Replay(transcript.load(tmp_path, exercise))
+    there = CHECKERS[exercise](replay)
+    assert here.status == there.status == status and here.hint == there.hint
+    assert not replay.mismatch
 
 
 def test_every_new_checker_is_registered():

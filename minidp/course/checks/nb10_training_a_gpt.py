@@ -1,16 +1,15 @@
 """Checkers of notebook 10, training a GPT: the trainer's step, written by the learner and run
-on 2 processes against minidp.train's own train_step; MFU and micro-batches."""
+on 2 processes, judged against the same step computed in one process (the test suite checks that
+one process against minidp.train's own train_step on 2); MFU and micro-batches."""
 
 from collections.abc import Callable
-from contextlib import nullcontext
-from functools import partial
+from functools import cache
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from minidp import data
-from minidp.config import TrainConfig
 from minidp.course.checks.core import (
     CORRECT,
     INCORRECT,
@@ -24,8 +23,6 @@ from minidp.course.checks.core import (
 )
 from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
 from minidp.ddp import DistributedDataParallel
-from minidp.environment import DistEnv
-from minidp.train import train_step
 
 # ---- 10.train_step
 
@@ -33,56 +30,76 @@ from minidp.train import train_step
 # since it divides every gradient by its own running size; SGD's step shows it. Each case is
 # (grad_accum, grad_clip): 3 micro-steps under a limit no gradient reaches, so that the scale of
 # the gradient shows; 2 under a limit every gradient exceeds, so that where clipping happens shows.
-_STEP_K, _STEP_ROWS, _STEP_LR = 2, 6, 0.5
+_STEP_K, _STEP_ROWS, _STEP_LR, _STEPS = 2, 6, 0.5, 2
 _STEP_CASES = ((3, 1e3), (2, 0.05))
 
 
 def _step_batches(rank: int, world_size: int) -> list[tuple[Tensor, Tensor]]:
     """This rank's rows of two steps' global batches: (6, 8) inputs and targets each."""
     g = torch.Generator().manual_seed(10)
-    rows = [torch.randint(256, (_STEP_K * _STEP_ROWS, 9), generator=g) for _ in range(2)]
+    rows = [torch.randint(256, (_STEP_K * _STEP_ROWS, 9), generator=g) for _ in range(_STEPS)]
     mine = [data.rank_slice(r, rank, world_size) for r in rows]
     return [(r[:, :-1], r[:, 1:]) for r in mine]
 
 
-def _trainer_step(model, optimizer, x, y, grad_accum: int, grad_clip: float) -> Tensor:
-    """minidp.train.train_step, called as the trainer calls it, with the exercise's arguments."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    env = DistEnv(rank, rank, world_size, torch.device("cpu"), "gloo")
-    c = TrainConfig(grad_accum=grad_accum, grad_clip=grad_clip)
-    lr = optimizer.param_groups[0]["lr"]
-    return train_step(0, lr, model, model.module, optimizer, (x, y), c, env, nullcontext())
+def _start() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return tiny_gpt().double()
 
 
-def _step_with(model, optimizer, x, y, grad_accum, grad_clip, mistake: str = "") -> Tensor:
-    """The trainer's step written right, or with one mistake (one of _STEP_MISTAKES' names)."""
-    clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+@cache
+def _simulated(grad_accum: int, grad_clip: float, mistake: str = "") -> tuple[Tensor, list]:
+    """Two steps written right, or with one mistake (one of _STEP_MISTAKES' names), on K
+    replicas in one process, DDP's average taken by hand where the step synchronises: replica
+    0's parameters after them, and each replica's losses [[step 0, step 1], ...]."""
+    nets = [_start() for _ in range(_STEP_K)]
+    opts = [torch.optim.SGD(net.parameters(), lr=_STEP_LR) for net in nets]
+    batches = [_step_batches(rank, _STEP_K) for rank in range(_STEP_K)]
     every = mistake.startswith("step each")  # synchronise and step after every micro-step
-    losses = []
-    for i, (xm, ym) in enumerate(zip(x.chunk(grad_accum), y.chunk(grad_accum), strict=True)):
-        last = i == grad_accum - 1
-        if mistake == "zero each":
-            optimizer.zero_grad()
-        if mistake == "clip before last" and last:
+    clip = lambda: [torch.nn.utils.clip_grad_norm_(n.parameters(), grad_clip) for n in nets]
+    zero, step = lambda: [o.zero_grad() for o in opts], lambda: [o.step() for o in opts]
+    losses = [[] for _ in nets]
+    for t in range(_STEPS):
+        sums = [0.0] * len(nets)
+        for i in range(grad_accum):
+            last = i == grad_accum - 1
+            if mistake == "zero each":
+                zero()
+            if mistake == "clip before last" and last:
+                clip()
+            for k, net in enumerate(nets):
+                x, y = (part.chunk(grad_accum)[i] for part in batches[k][t])
+                loss = net(x, y)[1]
+                (loss if mistake.endswith("unscaled") else loss / grad_accum).backward()
+                sums[k] += loss.item() / grad_accum
+            if last or every:
+                _average(nets)
+            if mistake == "clip each":
+                clip()
+            if every:
+                step()
+                zero()
+        if mistake not in ("clip each", "clip before last", "no clip"):
             clip()
-        with nullcontext() if last or every else model.no_sync():
-            loss = model(xm, ym)[1]
-            (loss if mistake.endswith("unscaled") else loss / grad_accum).backward()
-        losses.append(loss.detach())
-        if mistake == "clip each":
-            clip()
-        if every:
-            optimizer.step()
-            optimizer.zero_grad()
-    if mistake not in ("clip each", "clip before last", "no clip"):
-        clip()
-    if mistake == "zero before step":
-        optimizer.zero_grad()
-    if not every:
-        optimizer.step()
-    if mistake not in ("no zero", "zero each"):
-        optimizer.zero_grad()
-    return torch.stack(losses).mean()
+        if mistake == "zero before step":
+            zero()
+        if not every:
+            step()
+        if mistake not in ("no zero", "zero each"):
+            zero()
+        for k, total in enumerate(sums):
+            losses[k].append(total)
+    return torch.nn.utils.parameters_to_vector(nets[0].parameters()).detach(), losses
+
+
+def _average(nets: list[torch.nn.Module]) -> None:
+    """What DDP's synchronised backward leaves in every replica's .grad: the mean over them."""
+    with torch.no_grad():
+        for params in zip(*(net.parameters() for net in nets), strict=True):
+            if params[0].grad is not None:
+                mean = sum(p.grad for p in params) / len(params)
+                for p in params:
+                    p.grad.copy_(mean)
 
 
 _STEPPED = "you stepped after every micro-step: call optimizer.step() once, after the last backward"
@@ -127,22 +144,24 @@ _STEP_MISTAKES = [
 ]
 
 
-def _step_outcome(step_fn: Callable, grad_accum: int, grad_clip: float) -> tuple | str:
-    """Two steps of step_fn on this rank, from the same start: (parameters after them, the
-    losses it returned, all-reduces in each step, DDP's buckets)."""
-    torch.manual_seed(0)
-    ddp = DistributedDataParallel(tiny_gpt().double())  # one bucket: one all-reduce per sync
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=_STEP_LR)
-    losses, launches = [], []
-    for x, y in _step_batches(dist.get_rank(), dist.get_world_size()):
-        ddp.events = []
-        loss = learner_call(step_fn, ddp, optimizer, x, y, grad_accum, grad_clip)
-        if loss is SKIPPED:
-            return SKIPPED
-        losses.append(_number(loss))
-        launches.append(sum(1 for event in ddp.events if event.kind == "launch"))
-    params = torch.nn.utils.parameters_to_vector(ddp.parameters()).detach()
-    return params, losses, launches, len(ddp.buckets)
+def _train_step_worker(fn: Callable) -> list | str:
+    """For each case, two of the learner's steps on this rank, from the same start: (parameters
+    after them, the losses it returned, all-reduces in each step, DDP's buckets)."""
+    results = []
+    for grad_accum, grad_clip in _STEP_CASES:
+        ddp = DistributedDataParallel(_start())  # one bucket: one all-reduce per sync
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=_STEP_LR)
+        losses, launches = [], []
+        for x, y in _step_batches(dist.get_rank(), dist.get_world_size()):
+            ddp.events = []
+            loss = learner_call(fn, ddp, optimizer, x, y, grad_accum, grad_clip)
+            if isinstance(loss, str) and loss == SKIPPED:
+                return SKIPPED
+            losses.append(_number(loss))
+            launches.append(sum(1 for event in ddp.events if event.kind == "launch"))
+        params = torch.nn.utils.parameters_to_vector(ddp.parameters()).detach()
+        results.append((params, losses, launches, len(ddp.buckets)))
+    return results
 
 
 def _number(value) -> float | None:
@@ -152,58 +171,34 @@ def _number(value) -> float | None:
         return None
 
 
-def _train_step_worker(fn: Callable) -> list | str:
-    """For each case: the learner's outcome, the trainer's, then the mistakes' up to the first
-    that every rank's step matches (none if the learner's matches the trainer's)."""
-    results = []
-    for accum, clip in _STEP_CASES:
-        mine = _step_outcome(fn, accum, clip)
-        if mine is SKIPPED:
-            return SKIPPED
-        outcomes = [mine, _step_outcome(_trainer_step, accum, clip)]
-        # Each try runs collectives, so the ranks decide together whether to go on.
-        for mistake, _ in _STEP_MISTAKES:
-            if _all_ranks(same(mine[0], outcomes[-1][0])):
-                break
-            outcomes.append(_step_outcome(partial(_step_with, mistake=mistake), accum, clip))
-        results.append(outcomes)
-    return results
-
-
-def _all_ranks(flag: bool) -> bool:
-    """Whether flag holds on every rank."""
-    count = torch.tensor(float(flag))
-    dist.all_reduce(count)
-    return count.item() == dist.get_world_size()
-
-
 @checker("10.train_step")
 def _check_train_step(fn: Callable) -> CheckResult:
     exercise = "10.train_step"
+    for grad_accum, grad_clip in _STEP_CASES:  # before the workers start: they inherit torch's
+        _simulated(grad_accum, grad_clip)  # loaded code (a fork), and the answers are cached
     got = on_workers(exercise, _STEP_K, _train_step_worker, fn)
     if isinstance(got, CheckResult):
         return got
-    for case, (grad_accum, _) in enumerate(_STEP_CASES):
-        ranks = [outcomes[case] for outcomes in got]  # [learner, trainer, *mistakes] per rank
-        hint = _step_verdict(ranks, grad_accum)
+    for case, (grad_accum, grad_clip) in enumerate(_STEP_CASES):
+        hint = _step_verdict([outcomes[case] for outcomes in got], grad_accum, grad_clip)
         if hint:
             return CheckResult(exercise, INCORRECT, hint)
     return CheckResult(exercise, CORRECT)
 
 
-def _step_verdict(ranks: list[list[tuple]], grad_accum: int) -> str:
+def _step_verdict(ranks: list[tuple], grad_accum: int, grad_clip: float) -> str:
     """The hint for one case's outcomes on every rank, or "" if the learner's step is right."""
-    (params, losses, launches, buckets), trainer, *mistakes = ranks[0]
-    if not all(same(params, other[0][0], rtol=1e-9, atol=1e-12) for other in ranks[1:]):
+    params, _, launches, buckets = ranks[0]
+    if not all(same(params, other[0], rtol=1e-9, atol=1e-12) for other in ranks[1:]):
         return (
             "the replicas differ after your step: every rank must step with the same averaged "
             "gradient. Run all but the last micro-step inside model.no_sync() and the last outside "
             "it (its backward averages what has accumulated), then clip and step"
         )
-    if not same(params, trainer[0]):
-        # The worker tried the mistakes in order, up to the first that matched.
-        for outcome, (_, hint) in zip(mistakes, _STEP_MISTAKES, strict=False):
-            if same(params, outcome[0]):
+    right, expected = _simulated(grad_accum, grad_clip)
+    if not same(params, right):
+        for mistake, hint in _STEP_MISTAKES:
+            if same(params, _simulated(grad_accum, grad_clip, mistake)[0]):
                 return hint
         return "your step differs from train_step's: compare with train_step at the top"
     if any(n != buckets for n in launches):
@@ -211,12 +206,11 @@ def _step_verdict(ranks: list[list[tuple]], grad_accum: int) -> str:
             f"the step is right, but DDP all-reduced {max(launches) // buckets} times in a step: "
             "run every micro-step but the last inside `with model.no_sync():`"
         )
-    for rank in ranks:  # each rank returns the mean loss of its own rows
-        mine, expected = rank[0][1], rank[1][1]
+    for (_, mine, _, _), losses in zip(ranks, expected, strict=True):  # each rank: its own rows
         if None in mine:
             return "return the step's loss: the mean of the micro-steps' losses"
-        if not same(mine, expected):
-            if same(mine, [grad_accum * e for e in expected]):
+        if not same(mine, losses):
+            if same(mine, [grad_accum * e for e in losses]):
                 return "you returned the sum of the micro-steps' losses: return their mean"
             return (
                 "the parameters are right, but return the mean of the micro-steps' losses (each "

@@ -151,6 +151,8 @@ def step_with(scale=True, clip="end", zero="end", sync="last", step="end", retur
             optimizer.zero_grad()
         if step == "end":
             optimizer.step()
+        if clip == "after step":
+            clip_now()  # the step has used the gradient unclipped
         if zero == "end":
             optimizer.zero_grad()
         return {"mean": sum(losses) / len(losses), "sum": sum(losses), "last": losses[-1]}.get(
@@ -173,6 +175,7 @@ def test_train_step_accepts_another_right_answer():
         (step_with(clip="each"), "clipped after every backward"),
         (step_with(clip="before last"), "clipped before the last backward"),
         (step_with(clip="never"), "not clipped"),
+        (step_with(clip="after step"), "not clipped"),
         (step_with(zero="never"), "first step's gradients"),
         (step_with(zero="each"), "only the last micro-step counted"),
         (step_with(zero="before step"), "nothing moved"),

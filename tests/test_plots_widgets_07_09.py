@@ -184,14 +184,14 @@ def regression():
 def test_large_batch_explorer_tracks_lags_and_diverges(regression):
     X, y = regression
     w = widgets.LargeBatchExplorer(X, y, batch=4, lr=0.02)
-    assert w.k.value == 4 and w.rule.value == "linear: kα" and w.status == "tracks"
+    assert w.k.value == 4 and w.rule.value == "linear: cη" and w.status == "tracks"
     assert w.large_lr == pytest.approx(0.08) and len(w.large) == 1600 // 16 + 1
-    w.rule.value = "same α"
+    w.rule.value = "same η"
     assert w.status == "lags" and w.large_lr == pytest.approx(0.02)
-    w.rule.value = "square root: √k α"
+    w.rule.value = "square root: √c η"
     assert w.large_lr == pytest.approx(0.04)
-    w.rule.value = "linear: kα"
-    w.k.value = 32  # 32 α = 0.64 is above 2 / λ_max for this data
+    w.rule.value = "linear: cη"
+    w.k.value = 32  # 32 η = 0.64 is above 2 / λ_max for this data
     assert w.large_lr > w.limit and w.status == "diverges"
     assert len(w.fig.axes[0].lines) == 2
     assert "diverges" in w.label.value

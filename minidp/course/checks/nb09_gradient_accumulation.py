@@ -1,5 +1,5 @@
 """Checkers of notebook 09, gradient accumulation: the learner's accumulation step on real
-processes; warmup."""
+processes; the loss scale that counts valid tokens over ranks and micro-batches; warmup."""
 
 from collections.abc import Callable
 
@@ -155,47 +155,114 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
     return CheckResult(exercise, INCORRECT, "compare with the accumulation loop above")
 
 
-def _warmup(step: int, base_lr: float, k: int, warmup_steps: int) -> float:
-    """Goyal et al.'s gradual warmup: from base_lr linearly to k * base_lr, then constant."""
+def _token_scale(counts: Tensor, rank: int, j: int) -> Tensor:
+    """K v_kj / V: DDP's average over the K ranks then weighs every valid target by 1 / V."""
+    return len(counts) * counts[rank, j] / counts.sum()
+
+
+# Valid-target counts v_kj, (K, M), and the (rank, micro-batch) asked about. The first case
+# tells every mistake below apart; the others vary K and M (one of them M = 1, no accumulation).
+_COUNT_CASES = [
+    (torch.tensor([[50, 7, 31], [12, 64, 3]]), 0, 1),
+    (torch.tensor([[50, 7, 31], [12, 64, 3]]), 1, 2),
+    (torch.tensor([[9, 40], [25, 2], [30, 30], [1, 17]]), 3, 0),
+    (torch.tensor([[120], [8]]), 1, 0),
+]
+
+
+@checker("09.token_loss_scale")
+def _check_token_loss_scale(fn: Callable) -> CheckResult:
+    # v: the micro-batch's count; V: the step's; K ranks, M micro-batches: each as learners write it
+    mistakes = [
+        (
+            lambda v, r, j: 1 / v.shape[1],
+            "that is each micro-batch's mean divided by M, the bug found in 2024: a target then "
+            "weighs 1/(K M v), more where few valid targets share its micro-batch. Scale by the "
+            "micro-batch's count v instead",
+        ),
+        (
+            lambda v, r, j: 1 / v.numel(),
+            "do not divide by K: DDP already averages over the ranks (and dividing each mean by M "
+            "is the bug of 2024: scale by the micro-batch's count v)",
+        ),
+        (
+            lambda v, r, j: v[r, j] / v[r].sum(),
+            "that divides by this rank's own count: the ranks hold different numbers of valid "
+            "targets, and DDP weighs them alike. All-reduce the counts, divide by V, the count "
+            "over every rank and micro-batch, and multiply by K",
+        ),
+        (
+            lambda v, r, j: len(v) * v[r, j] / v[r].sum(),
+            "that divides by this rank's own count: all-reduce the counts, and divide by V, the "
+            "count over every rank and micro-batch",
+        ),
+        (
+            lambda v, r, j: v[r, j] / v.sum(),
+            "K times too small: V already counts every rank's targets, and DDP divides by K again "
+            "when it averages. Multiply by K (divide by V / K, the mean count per rank)",
+        ),
+        (
+            lambda v, r, j: len(v) * v[r, j] / v.sum() / v.shape[1],
+            "do not divide by M as well: V already counts the targets of every micro-batch",
+        ),
+        (
+            lambda v, r, j: len(v) * v[r, j] / v[:, j].sum() / v.shape[1],
+            "each micro-step was normalised by its own count over the ranks, but the micro-steps "
+            "hold different counts too: divide by V, over every rank and micro-batch",
+        ),
+        (
+            lambda v, r, j: v[r, j],
+            "that gives the sum of the micro-batch's losses over its targets: divide it by V / K",
+        ),
+        (
+            lambda v, r, j: 1.0,
+            "the micro-batch's mean loss needs a factor: its count v, times K / V",
+        ),
+    ]
+    return compare("09.token_loss_scale", fn, _token_scale, _COUNT_CASES, mistakes)
+
+
+def _warmup(step: int, base_lr: float, c: float, warmup_steps: int) -> float:
+    """Goyal et al.'s gradual warmup: from base_lr linearly to c * base_lr, then constant."""
     if step >= warmup_steps:
-        return k * base_lr
-    return base_lr * (1 + (k - 1) * step / warmup_steps)
+        return c * base_lr
+    return base_lr * (1 + (c - 1) * step / warmup_steps)
 
 
 @checker("09.warmup_lr")
 def _check_warmup_lr(fn: Callable) -> CheckResult:
     def schedule(lr_at: Callable) -> Callable:
-        return lambda base, k, w: [lr_at(t, base, k, w) for t in range(w + 4)]
+        return lambda base, c, w: [lr_at(t, base, c, w) for t in range(w + 4)]
 
     def shaped(lr_at: Callable) -> Callable:  # the rate at each step, made plain floats
-        return lambda base, k, w: [float(v) for v in schedule(lr_at)(base, k, w)]
+        return lambda base, c, w: [float(v) for v in schedule(lr_at)(base, c, w)]
 
     mistakes = [
         (
-            schedule(lambda t, b, k, w: k * b * min(t, w) / w),
+            schedule(lambda t, b, c, w: c * b * min(t, w) / w),
             "the warmup starts at the small-batch rate η, not at 0: at step 0 the rate is η",
         ),
         (
-            schedule(lambda t, b, k, w: k * b * min(t + 1, w) / w),
+            schedule(lambda t, b, c, w: c * b * min(t + 1, w) / w),
             "that is warmup from 0, as the trainer of notebook 10 does; Goyal et al. start at "
             "the small-batch rate η",
         ),
         (
-            schedule(lambda t, b, k, w: b * min(t, w) / w),
-            "after warmup the rate is kη (the linear scaling rule), not η",
+            schedule(lambda t, b, c, w: b * min(t, w) / w),
+            "after warmup the rate is cη (the linear scaling rule), not η",
         ),
-        (schedule(lambda t, b, k, w: k * b), "no warmup: the rate must climb from η to kη"),
+        (schedule(lambda t, b, c, w: c * b), "no warmup: the rate must climb from η to cη"),
         (
-            schedule(lambda t, b, k, w: b * (1 + (k - 1) * t / w)),
-            "stop climbing at kη once step ≥ warmup_steps",
-        ),
-        (
-            schedule(lambda t, b, k, w: _warmup(t + 1, b, k, w)),
-            "off by one: at step 0 the rate is η, and it reaches kη at step warmup_steps",
+            schedule(lambda t, b, c, w: b * (1 + (c - 1) * t / w)),
+            "stop climbing at cη once step ≥ warmup_steps",
         ),
         (
-            schedule(lambda t, b, k, w: _warmup(t, b, k**0.5, w)),
-            "that is the square-root rule: the linear rule multiplies the rate by k",
+            schedule(lambda t, b, c, w: _warmup(t + 1, b, c, w)),
+            "off by one: at step 0 the rate is η, and it reaches cη at step warmup_steps",
+        ),
+        (
+            schedule(lambda t, b, c, w: _warmup(t, b, c**0.5, w)),
+            "that is the square-root rule: the linear rule multiplies the rate by c",
         ),
     ]
     cases = [(0.1, 4, 5), (0.05, 8, 10), (0.2, 2, 3)]

@@ -14,6 +14,7 @@ from minidp.course.plots.ddp import (
     fastest_step,
     large_batch_runs,
     replica_gaps,
+    scaling_rules,
     step_seconds,
 )
 from minidp.course.plots.processes import (
@@ -31,6 +32,7 @@ from minidp.course.plots.processes import (
 )
 from minidp.course.plots.scale import (
     PART_COLOURS,
+    lr_schedule,
     memory_bar,
     parallel_layout,
     pipeline_schedule,
@@ -77,6 +79,7 @@ __all__ = [
     "loss_curves",
     "loss_grid",
     "loss_surface",
+    "lr_schedule",
     "memory_bar",
     "neg_log_prob",
     "parallel_layout",
@@ -86,6 +89,7 @@ __all__ = [
     "ring_step",
     "round_times",
     "scaling",
+    "scaling_rules",
     "sharded_memory",
     "staleness_effect",
     "step_seconds",

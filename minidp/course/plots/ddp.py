@@ -147,3 +147,19 @@ def large_batch_runs(
     ax_lr.set(xlabel="examples seen", ylabel="learning rate")
     ax_loss.legend(fontsize=8)
     return fig
+
+
+def scaling_rules(curves: dict[str, dict[str, tuple[Tensor, Tensor]]]) -> Figure:
+    """One panel per optimizer: the loss of each run against examples seen (log scale).
+
+    curves: {optimizer: {label: (examples seen (n,), loss (n,))}}, the base run first. Against
+    examples, a run whose rule fits its optimizer lies on top of the base run.
+    """
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    for ax, (optimizer, runs) in zip(fig.subplots(1, len(curves)), curves.items(), strict=True):
+        for i, (label, (examples, loss)) in enumerate(runs.items()):
+            style = dict(color="k", linewidth=2.5, alpha=0.35) if i == 0 else dict(linewidth=1.2)
+            ax.plot(examples, loss, label=label, **style)
+        ax.set(yscale="log", xlabel="examples seen", ylabel="mean loss", title=optimizer)
+        ax.legend(fontsize=8)
+    return fig

@@ -27,6 +27,18 @@ def training_curves(metrics: dict) -> Figure:
     return fig
 
 
+def lr_schedule(lrs: list[float], warmup_steps: int) -> Figure:
+    """The learning rate at every step of a run (minidp.train.lr_at), the end of warmup marked."""
+    fig = Figure(figsize=(6.5, 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(range(len(lrs)), lrs, color="C0", label="lr_at(step, config)")
+    warmup = f"end of warmup, step {warmup_steps}"
+    ax.axvline(warmup_steps, color="0.6", linestyle=":", label=warmup)
+    ax.set(xlabel="step", ylabel="learning rate η", ylim=(0, 1.1 * max(lrs)))
+    ax.legend(fontsize=8)
+    return fig
+
+
 def scaling(tokens_per_s: dict[str, dict[int, float]]) -> Figure:
     """Measured tokens/s at each number of workers K, per model, in front of the ideal K times
     one worker's (hollow); the scaling efficiency, measured / ideal, above each bar."""

@@ -57,16 +57,16 @@ class TimelineExplorer:
 
 class LargeBatchExplorer:
     """Mini-batch SGD on the linear model: a base run (batch B, rate lr) against a run with a
-    k times larger batch, whose rate follows a rule; both against examples seen.
+    c times larger batch (the slider `k`), whose rate follows a rule; both against examples seen.
 
     State after each update: `base` and `large` (J - J* after each step), `large_lr`, `status`
     ("tracks", "lags" or "diverges") and `fig`.
     """
 
     RULES = {
-        "same α": lambda k: 1.0,
-        "linear: kα": lambda k: k,
-        "square root: √k α": lambda k: k**0.5,
+        "same η": lambda c: 1.0,
+        "linear: cη": lambda c: c,
+        "square root: √c η": lambda c: c**0.5,
     }
 
     def __init__(
@@ -79,8 +79,8 @@ class LargeBatchExplorer:
         self.limit = 2 / torch.linalg.eigvalsh(X.T @ X / len(y)).max().item()
         self.base = self._excess(batch, lr)
         ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k * batch <= len(y)]
-        self.k = W.SelectionSlider(options=ks, value=4, description="batch × k")
-        self.rule = W.ToggleButtons(options=list(self.RULES), value="linear: kα")
+        self.k = W.SelectionSlider(options=ks, value=4, description="batch × c")
+        self.rule = W.ToggleButtons(options=list(self.RULES), value="linear: cη")
         self.label = W.HTML()
         self.image = W.Image(format="png")
         for control in (self.k, self.rule):
@@ -110,14 +110,14 @@ class LargeBatchExplorer:
         else:
             self.status = "lags"
         self.label.value = (
-            f"<b>{self.status}</b>: batch {k * B} at α = {self.large_lr:.3g}, against batch {B} "
-            f"at α = {self.lr:.3g}. SGD on this J diverges above α = 2/λ<sub>max</sub> = "
+            f"<b>{self.status}</b>: batch {k * B} at η = {self.large_lr:.3g}, against batch {B} "
+            f"at η = {self.lr:.3g}. SGD on this J diverges above η = 2/λ<sub>max</sub> = "
             f"{self.limit:.3g} (notebook 02), whatever the batch."
         )
         runs = {}
         for label, curve, batch, lr in (
-            (f"batch {B}, α = {self.lr:.3g}", self.base, B, self.lr),
-            (f"batch {k * B}, α = {self.large_lr:.3g}", self.large, k * B, self.large_lr),
+            (f"batch {B}, η = {self.lr:.3g}", self.base, B, self.lr),
+            (f"batch {k * B}, η = {self.large_lr:.3g}", self.large, k * B, self.large_lr),
         ):
             seen = torch.arange(len(curve)) * batch
             runs[label] = (seen, curve, torch.full((len(curve),), lr))

@@ -27,6 +27,7 @@ from minidp.course.checks import (
 from minidp.course.checks import nb10_training_a_gpt as nb10
 from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
 from minidp.environment import DistEnv
+from minidp.sharding import Sharded
 from minidp.train import train_step
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
@@ -250,10 +251,10 @@ def _trainer_steps(grad_accum: int, grad_clip: float) -> tuple:
     c = TrainConfig(grad_accum=grad_accum, grad_clip=grad_clip)
     model = minidp.DistributedDataParallel(nb10._start())
     optimizer = torch.optim.SGD(model.parameters(), lr=nb10._STEP_LR)
+    sharded = Sharded(model, model.module, optimizer)  # --shard none
     losses = []
     for batch in nb10._step_batches(rank, world_size):
-        step = (0, nb10._STEP_LR, model, model.module, optimizer, batch, c, env)
-        losses.append(float(train_step(*step, contextlib.nullcontext())))
+        losses.append(float(train_step(0, nb10._STEP_LR, sharded, batch, c, env)))
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach(), losses
 
 

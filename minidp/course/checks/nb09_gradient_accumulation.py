@@ -103,8 +103,8 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
     if not same(update, other, rtol=1e-9, atol=1e-12):
         hint = _(
             "the replicas differ after your step: every rank must apply the same averaged "
-            "gradient. The last backward runs outside model.no_sync() (that is when DDP averages), "
-            "and optimizer.step() comes only after it"
+            "gradient. The last backward runs outside `model.no_sync()` (that is when DDP "
+            "averages), and `optimizer.step()` comes only after it"
         )
         return CheckResult(exercise, INCORRECT, hint)
     if same(update, reference):
@@ -115,7 +115,7 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
             ).format(n=launches // buckets)
             return CheckResult(exercise, INCORRECT, hint)
         return CheckResult(exercise, CORRECT)
-    stepped = _("you stepped after every micro-batch: call optimizer.step() once, after the last")
+    stepped = _("you stepped after every micro-batch: call `optimizer.step()` once, after the last")
     mistakes = [
         (
             _accumulated_update(every, [1 / M] * M),
@@ -140,7 +140,7 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
         (
             _accumulated_update(last, shares[-1:]),
             _(
-                "only the last micro-batch counted: call optimizer.zero_grad() once, before the "
+                "only the last micro-batch counted: call `optimizer.zero_grad()` once, before the "
                 "loop, not inside it; backward adds into .grad, which is what accumulates"
             ),
         ),
@@ -152,7 +152,7 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
             _accumulated_update(every, shares, stale=True),
             _(
                 "gradients left from before your step were added in: start with "
-                "optimizer.zero_grad()"
+                "`optimizer.zero_grad()`"
             ),
         ),
         (_accumulated_update(every, shares, step_each=True), stepped),

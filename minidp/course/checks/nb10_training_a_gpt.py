@@ -104,7 +104,7 @@ def _average(nets: list[torch.nn.Module]) -> None:
 
 
 _STEPPED = N_(
-    "you stepped after every micro-step: call optimizer.step() once, after the last backward"
+    "you stepped after every micro-step: call `optimizer.step()` once, after the last backward"
 )
 _STEP_MISTAKES = {  # a mistake's name (see _simulated): its hint
     "unscaled": N_(
@@ -121,19 +121,20 @@ _STEP_MISTAKES = {  # a mistake's name (see _simulated): its hint
         "last one"
     ),
     "no clip": N_(
-        "the gradient was not clipped: call torch.nn.utils.clip_grad_norm_(model.parameters(), "
-        "grad_clip) after the last backward, before optimizer.step()"
+        "the gradient was not clipped: call "
+        "`torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)` after the last "
+        "backward, before `optimizer.step()`"
     ),
     "no zero": N_(
         "the second step also used the first step's gradients: zero them once per step, "
-        "optimizer.zero_grad() after optimizer.step() (or before the first backward)"
+        "`optimizer.zero_grad()` after `optimizer.step()` (or before the first backward)"
     ),
     "zero each": N_(
         "only the last micro-step counted: zero_grad inside the loop throws away what has "
         "accumulated; call it once per step"
     ),
     "zero before step": N_(
-        "nothing moved: zero_grad ran between the backward passes and optimizer.step(), which "
+        "nothing moved: zero_grad ran between the backward passes and `optimizer.step()`, which "
         "then found no gradients. Zero them after the step"
     ),
     "step each": _STEPPED,
@@ -189,8 +190,8 @@ def _step_verdict(ranks: list[tuple], grad_accum: int, grad_clip: float) -> str:
     if not all(same(params, other[0], rtol=1e-9, atol=1e-12) for other in ranks[1:]):
         return _(
             "the replicas differ after your step: every rank must step with the same averaged "
-            "gradient. Run all but the last micro-step inside model.no_sync() and the last outside "
-            "it (its backward averages what has accumulated), then clip and step"
+            "gradient. Run all but the last micro-step inside `model.no_sync()` and the last "
+            "outside it (its backward averages what has accumulated), then clip and step"
         )
     right, expected = _simulated(grad_accum, grad_clip)
     if not same(params, right):

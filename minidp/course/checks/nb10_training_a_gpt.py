@@ -186,7 +186,7 @@ def _check_train_step(fn: Callable) -> CheckResult:
 
 def _step_verdict(ranks: list[tuple], grad_accum: int, grad_clip: float) -> str:
     """The hint for one case's outcomes on every rank, or "" if the learner's step is right."""
-    params, _, launches, buckets = ranks[0]
+    params, _losses, launches, buckets = ranks[0]
     if not all(same(params, other[0], rtol=1e-9, atol=1e-12) for other in ranks[1:]):
         return _(
             "the replicas differ after your step: every rank must step with the same averaged "

@@ -440,6 +440,39 @@ def test_a_wrong_answer_to_08_and_the_ddp_timeline_widget_speak_chinese():
     assert legend == ["前向传播", "反向传播", "优化器更新", "全归约：桶 0、2、…", "桶 1、3、…"]
 
 
+def test_the_checkers_widget_and_figures_of_09_and_10_speak_chinese():
+    before = list(checks.RESULTS)
+    per_micro_batch = lambda counts, rank, j: 1 / counts.shape[1]  # noqa: E731  (the 2024 bug)
+    peak_of_one = lambda N, L, d, T, tps, peak, n: (6 * N + 12 * L * T * d) * tps / peak  # noqa: E731
+    X, y = data.linear_data(m=256, theta=(1.0, 2.0), noise=0.5, x_range=(0.0, 3.0))
+    metrics = {
+        "log": [{"step": 0, "loss": 5.5}, {"step": 1, "loss": 5.0}],
+        "val": [{"step": 1, "val_loss": 4.9}],
+        "params": 1234,
+        "world_size": 2,
+    }
+    try:
+        set_language("zh")
+        scale = checks.check("09.token_loss_scale", per_micro_batch)
+        mfu = checks.check("10.mfu", peak_of_one)
+        explorer = widgets.LargeBatchExplorer(X, y)
+        explorer.rule.value = "same η"  # the notebook sets the rule by its English name
+        curves = plots.training_curves(metrics)
+    finally:
+        set_language("en")
+        checks.RESULTS[:] = before
+    assert scale.status == mfu.status == checks.INCORRECT  # data stays English
+    assert scale.hint.startswith("这是把每个微批量的平均值除以 M，也就是 2024 年发现的那个 bug")
+    assert mfu.hint == "peak_flops 是一块 GPU 的峰值：整个作业的峰值是它的 n_gpus 倍"
+    assert explorer.status in ("tracks", "lags", "diverges")
+    assert explorer.k.description == "批量 × c"
+    assert [label for label, _ in explorer.rule.options] == ["相同的 η", "线性：cη", "平方根：√c η"]
+    assert explorer.label.value.startswith("<b>落后</b>: 批量 16，η = 0.02；对照批量 4")
+    ax = curves.axes[0]
+    assert ax.get_title() == "1,234 个参数，2 个工作进程"
+    assert ax.get_xlabel() == "步" and ax.get_ylabel() == "交叉熵（每字节的奈特数）"
+
+
 def test_package_messages_must_be_translated_and_keep_their_placeholders(tmp_path):
     package = tmp_path / "pkg" / "course"
     package.mkdir(parents=True)

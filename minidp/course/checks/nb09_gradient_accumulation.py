@@ -20,6 +20,7 @@ from minidp.course.checks.core import (
     same,
 )
 from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
+from minidp.course.i18n import _
 from minidp.ddp import DistributedDataParallel
 
 # Each rank's 6 sequences come as micro-batches of 3, 2 and 1 (an epoch's last batch is often
@@ -98,51 +99,61 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
     got = on_workers(exercise, K, _accumulation_worker, fn)
     if isinstance(got, CheckResult):
         return got
-    (update, launches, buckets), (other, _, _) = got
+    (update, launches, buckets), (other, *_rest) = got
     if not same(update, other, rtol=1e-9, atol=1e-12):
-        hint = (
+        hint = _(
             "the replicas differ after your step: every rank must apply the same averaged "
-            "gradient. The last backward runs outside model.no_sync() (that is when DDP averages), "
-            "and optimizer.step() comes only after it"
+            "gradient. The last backward runs outside `model.no_sync()` (that is when DDP "
+            "averages), and `optimizer.step()` comes only after it"
         )
         return CheckResult(exercise, INCORRECT, hint)
     if same(update, reference):
         if launches > buckets:
-            hint = (
-                f"the step is right, but DDP all-reduced {launches // buckets} times: run every "
-                "backward but the last inside `with model.no_sync():`, so gradients travel once"
-            )
+            hint = _(
+                "the step is right, but DDP all-reduced {n} times: run every backward but the "
+                "last inside `with model.no_sync():`, so gradients travel once"
+            ).format(n=launches // buckets)
             return CheckResult(exercise, INCORRECT, hint)
         return CheckResult(exercise, CORRECT)
-    stepped = "you stepped after every micro-batch: call optimizer.step() once, after the last"
+    stepped = _("you stepped after every micro-batch: call `optimizer.step()` once, after the last")
     mistakes = [
         (
             _accumulated_update(every, [1 / M] * M),
-            "dividing by M weighs every micro-batch alike, but here they hold 3, 2 and 1 "
-            "sequences: scale each micro-batch's mean loss by its share of the examples, "
-            "len(x) / (total examples on this rank)",
+            _(
+                "dividing by M weighs every micro-batch alike, but here they hold 3, 2 and 1 "
+                "sequences: scale each micro-batch's mean loss by its share of the examples, "
+                "len(x) / (total examples on this rank)"
+            ),
         ),
         (
             _accumulated_update(every, [1.0] * M),
-            "the gradient is too large: each micro-batch's loss is a mean over its own examples; "
-            "scale it by its share of the examples, so that the backward passes add up to one mean",
+            _(
+                "the gradient is too large: each micro-batch's loss is a mean over its own "
+                "examples; scale it by its share of the examples, so that the backward passes add "
+                "up to one mean"
+            ),
         ),
         (
             _accumulated_update(every, [s / K for s in shares]),
-            "do not divide by the number of ranks: DDP already averages over them",
+            _("do not divide by the number of ranks: DDP already averages over them"),
         ),
         (
             _accumulated_update(last, shares[-1:]),
-            "only the last micro-batch counted: call optimizer.zero_grad() once, before the loop, "
-            "not inside it; backward adds into .grad, which is what accumulates",
+            _(
+                "only the last micro-batch counted: call `optimizer.zero_grad()` once, before the "
+                "loop, not inside it; backward adds into .grad, which is what accumulates"
+            ),
         ),
         (
             _accumulated_update(last, [1.0]),
-            "only the last micro-batch counted: zero the gradients once, before the loop",
+            _("only the last micro-batch counted: zero the gradients once, before the loop"),
         ),
         (
             _accumulated_update(every, shares, stale=True),
-            "gradients left from before your step were added in: start with optimizer.zero_grad()",
+            _(
+                "gradients left from before your step were added in: start with "
+                "`optimizer.zero_grad()`"
+            ),
         ),
         (_accumulated_update(every, shares, step_each=True), stepped),
         (_accumulated_update(every, shares, step_each=True, zero_each=False), stepped),
@@ -152,7 +163,7 @@ def _check_accumulation_step(fn: Callable) -> CheckResult:
     for wrong, hint in mistakes:
         if same(update, wrong):
             return CheckResult(exercise, INCORRECT, hint)
-    return CheckResult(exercise, INCORRECT, "compare with the accumulation loop above")
+    return CheckResult(exercise, INCORRECT, _("compare with the accumulation loop above"))
 
 
 def _token_scale(counts: Tensor, rank: int, j: int) -> Tensor:
@@ -176,47 +187,63 @@ def _check_token_loss_scale(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda v, r, j: 1 / v.shape[1],
-            "that is each micro-batch's mean divided by M, the bug found in 2024: a target then "
-            "weighs 1/(K M v), more where few valid targets share its micro-batch. Scale by the "
-            "micro-batch's count v instead",
+            _(
+                "that is each micro-batch's mean divided by M, the bug found in 2024: a target "
+                "then weighs 1/(K M v), more where few valid targets share its micro-batch. Scale "
+                "by the micro-batch's count v instead"
+            ),
         ),
         (
             lambda v, r, j: 1 / v.numel(),
-            "do not divide by K: DDP already averages over the ranks (and dividing each mean by M "
-            "is the bug of 2024: scale by the micro-batch's count v)",
+            _(
+                "do not divide by K: DDP already averages over the ranks (and dividing each mean "
+                "by M is the bug of 2024: scale by the micro-batch's count v)"
+            ),
         ),
         (
             lambda v, r, j: v[r, j] / v[r].sum(),
-            "that divides by this rank's own count: the ranks hold different numbers of valid "
-            "targets, and DDP weighs them alike. All-reduce the counts, divide by V, the count "
-            "over every rank and micro-batch, and multiply by K",
+            _(
+                "that divides by this rank's own count: the ranks hold different numbers of valid "
+                "targets, and DDP weighs them alike. All-reduce the counts, divide by V, the count "
+                "over every rank and micro-batch, and multiply by K"
+            ),
         ),
         (
             lambda v, r, j: len(v) * v[r, j] / v[r].sum(),
-            "that divides by this rank's own count: all-reduce the counts, and divide by V, the "
-            "count over every rank and micro-batch",
+            _(
+                "that divides by this rank's own count: all-reduce the counts, and divide by V, "
+                "the count over every rank and micro-batch"
+            ),
         ),
         (
             lambda v, r, j: v[r, j] / v.sum(),
-            "K times too small: V already counts every rank's targets, and DDP divides by K again "
-            "when it averages. Multiply by K (divide by V / K, the mean count per rank)",
+            _(
+                "K times too small: V already counts every rank's targets, and DDP divides by K "
+                "again when it averages. Multiply by K (divide by V / K, the mean count per rank)"
+            ),
         ),
         (
             lambda v, r, j: len(v) * v[r, j] / v.sum() / v.shape[1],
-            "do not divide by M as well: V already counts the targets of every micro-batch",
+            _("do not divide by M as well: V already counts the targets of every micro-batch"),
         ),
         (
             lambda v, r, j: len(v) * v[r, j] / v[:, j].sum() / v.shape[1],
-            "each micro-step was normalised by its own count over the ranks, but the micro-steps "
-            "hold different counts too: divide by V, over every rank and micro-batch",
+            _(
+                "each micro-step was normalised by its own count over the ranks, but the "
+                "micro-steps hold different counts too: divide by V, over every rank and "
+                "micro-batch"
+            ),
         ),
         (
             lambda v, r, j: v[r, j],
-            "that gives the sum of the micro-batch's losses over its targets: divide it by V / K",
+            _(
+                "that gives the sum of the micro-batch's losses over its targets: divide it by V / "
+                "K"
+            ),
         ),
         (
             lambda v, r, j: 1.0,
-            "the micro-batch's mean loss needs a factor: its count v, times K / V",
+            _("the micro-batch's mean loss needs a factor: its count v, times K / V"),
         ),
     ]
     return compare("09.token_loss_scale", fn, _token_scale, _COUNT_CASES, mistakes)
@@ -240,29 +267,31 @@ def _check_warmup_lr(fn: Callable) -> CheckResult:
     mistakes = [
         (
             schedule(lambda t, b, c, w: c * b * min(t, w) / w),
-            "the warmup starts at the small-batch rate η, not at 0: at step 0 the rate is η",
+            _("the warmup starts at the small-batch rate η, not at 0: at step 0 the rate is η"),
         ),
         (
             schedule(lambda t, b, c, w: c * b * min(t + 1, w) / w),
-            "that is warmup from 0, as the trainer of notebook 10 does; Goyal et al. start at "
-            "the small-batch rate η",
+            _(
+                "that is warmup from 0, as the trainer of notebook 10 does; Goyal et al. start at "
+                "the small-batch rate η"
+            ),
         ),
         (
             schedule(lambda t, b, c, w: b * min(t, w) / w),
-            "after warmup the rate is cη (the linear scaling rule), not η",
+            _("after warmup the rate is cη (the linear scaling rule), not η"),
         ),
-        (schedule(lambda t, b, c, w: c * b), "no warmup: the rate must climb from η to cη"),
+        (schedule(lambda t, b, c, w: c * b), _("no warmup: the rate must climb from η to cη")),
         (
             schedule(lambda t, b, c, w: b * (1 + (c - 1) * t / w)),
-            "stop climbing at cη once step ≥ warmup_steps",
+            _("stop climbing at cη once step ≥ warmup_steps"),
         ),
         (
             schedule(lambda t, b, c, w: _warmup(t + 1, b, c, w)),
-            "off by one: at step 0 the rate is η, and it reaches cη at step warmup_steps",
+            _("off by one: at step 0 the rate is η, and it reaches cη at step warmup_steps"),
         ),
         (
             schedule(lambda t, b, c, w: _warmup(t, b, c**0.5, w)),
-            "that is the square-root rule: the linear rule multiplies the rate by c",
+            _("that is the square-root rule: the linear rule multiplies the rate by c"),
         ),
     ]
     cases = [(0.1, 4, 5), (0.05, 8, 10), (0.2, 2, 3)]

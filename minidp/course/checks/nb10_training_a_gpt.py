@@ -22,6 +22,7 @@ from minidp.course.checks.core import (
     same,
 )
 from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
+from minidp.course.i18n import N_, _
 from minidp.ddp import DistributedDataParallel
 
 # ---- 10.train_step
@@ -102,46 +103,43 @@ def _average(nets: list[torch.nn.Module]) -> None:
                     p.grad.copy_(mean)
 
 
-_STEPPED = "you stepped after every micro-step: call optimizer.step() once, after the last backward"
-_STEP_MISTAKES = [
-    (
-        "unscaled",
-        "the gradient is grad_accum times too large: divide each micro-step's loss by grad_accum "
-        "before its backward, so that what accumulates is the mean, not the sum",
+_STEPPED = N_(
+    "you stepped after every micro-step: call `optimizer.step()` once, after the last backward"
+)
+_STEP_MISTAKES = {  # a mistake's name (see _simulated): its hint
+    "unscaled": N_(
+        "the gradient is grad_accum times too large: divide each micro-step's loss by "
+        "grad_accum before its backward, so that what accumulates is the mean, not the sum"
     ),
-    (
-        "clip each",
-        "you clipped after every backward: clip once, after the last backward, when .grad holds "
-        "the whole step's averaged gradient",
+    "clip each": N_(
+        "you clipped after every backward: clip once, after the last backward, when .grad "
+        "holds the whole step's averaged gradient"
     ),
-    (
-        "clip before last",
-        "you clipped before the last backward: the last micro-step's gradient went unclipped, and "
-        "the others were clipped as local, not yet averaged, gradients. Clip after the last one",
+    "clip before last": N_(
+        "you clipped before the last backward: the last micro-step's gradient went unclipped, "
+        "and the others were clipped as local, not yet averaged, gradients. Clip after the "
+        "last one"
     ),
-    (
-        "no clip",
-        "the gradient was not clipped: call torch.nn.utils.clip_grad_norm_(model.parameters(), "
-        "grad_clip) after the last backward, before optimizer.step()",
+    "no clip": N_(
+        "the gradient was not clipped: call "
+        "`torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)` after the last "
+        "backward, before `optimizer.step()`"
     ),
-    (
-        "no zero",
+    "no zero": N_(
         "the second step also used the first step's gradients: zero them once per step, "
-        "optimizer.zero_grad() after optimizer.step() (or before the first backward)",
+        "`optimizer.zero_grad()` after `optimizer.step()` (or before the first backward)"
     ),
-    (
-        "zero each",
+    "zero each": N_(
         "only the last micro-step counted: zero_grad inside the loop throws away what has "
-        "accumulated; call it once per step",
+        "accumulated; call it once per step"
     ),
-    (
-        "zero before step",
-        "nothing moved: zero_grad ran between the backward passes and optimizer.step(), which then "
-        "found no gradients. Zero them after the step",
+    "zero before step": N_(
+        "nothing moved: zero_grad ran between the backward passes and `optimizer.step()`, which "
+        "then found no gradients. Zero them after the step"
     ),
-    ("step each", _STEPPED),
-    ("step each, unscaled", _STEPPED),
-]
+    "step each": _STEPPED,
+    "step each, unscaled": _STEPPED,
+}
 
 
 def _train_step_worker(fn: Callable) -> list | str:
@@ -188,31 +186,33 @@ def _check_train_step(fn: Callable) -> CheckResult:
 
 def _step_verdict(ranks: list[tuple], grad_accum: int, grad_clip: float) -> str:
     """The hint for one case's outcomes on every rank, or "" if the learner's step is right."""
-    params, _, launches, buckets = ranks[0]
+    params, _losses, launches, buckets = ranks[0]
     if not all(same(params, other[0], rtol=1e-9, atol=1e-12) for other in ranks[1:]):
-        return (
+        return _(
             "the replicas differ after your step: every rank must step with the same averaged "
-            "gradient. Run all but the last micro-step inside model.no_sync() and the last outside "
-            "it (its backward averages what has accumulated), then clip and step"
+            "gradient. Run all but the last micro-step inside `model.no_sync()` and the last "
+            "outside it (its backward averages what has accumulated), then clip and step"
         )
     right, expected = _simulated(grad_accum, grad_clip)
     if not same(params, right):
-        for mistake, hint in _STEP_MISTAKES:
+        for mistake, hint in _STEP_MISTAKES.items():
             if same(params, _simulated(grad_accum, grad_clip, mistake)[0]):
-                return hint
-        return "your step differs from train_step's: compare with train_step at the top"
+                return _(hint)
+        return _("your step differs from train_step's: compare with train_step at the top")
     if any(n != buckets for n in launches):
-        return (
-            f"the step is right, but DDP all-reduced {max(launches) // buckets} times in a step: "
-            "run every micro-step but the last inside `with model.no_sync():`"
-        )
-    for (_, mine, _, _), losses in zip(ranks, expected, strict=True):  # each rank: its own rows
+        return _(
+            "the step is right, but DDP all-reduced {n} times in a step: run every micro-step "
+            "but the last inside `with model.no_sync():`"
+        ).format(n=max(launches) // buckets)
+    for (_params, mine, *_rest), losses in zip(
+        ranks, expected, strict=True
+    ):  # each rank: its own rows
         if None in mine:
-            return "return the step's loss: the mean of the micro-steps' losses"
+            return _("return the step's loss: the mean of the micro-steps' losses")
         if not same(mine, losses):
             if same(mine, [grad_accum * e for e in losses]):
-                return "you returned the sum of the micro-steps' losses: return their mean"
-            return (
+                return _("you returned the sum of the micro-steps' losses: return their mean")
+            return _(
                 "the parameters are right, but return the mean of the micro-steps' losses (each "
                 "micro-step's loss before dividing by grad_accum)"
             )
@@ -239,23 +239,26 @@ def _check_mfu(fn: Callable) -> CheckResult:
     mistakes = [
         (
             lambda N, L, d, T, tps, peak, n: (2 * N + attention(L, d, T) / 3) * tps / (peak * n),
-            "that counts the forward pass only: backward costs twice as much, 6N in all",
+            _("that counts the forward pass only: backward costs twice as much, 6N in all"),
         ),
         (
             lambda N, L, d, T, tps, peak, n: 6 * N * tps / (peak * n),
-            "add the attention's 12 n_layer T d FLOPs per token: with a long context they matter",
+            _(
+                "add the attention's 12 n_layer T d FLOPs per token: with a long context they "
+                "matter"
+            ),
         ),
         (
             lambda N, L, d, T, tps, peak, n: _mfu(N, L, d, T, tps, peak, 1),
-            "peak_flops is one GPU's: the job's peak is n_gpus times it",
+            _("peak_flops is one GPU's: the job's peak is n_gpus times it"),
         ),
         (
             lambda N, L, d, T, tps, peak, n: _mfu(N, L, d, T, tps, peak, 1) * n,
-            "divide by the job's peak, n_gpus × peak_flops, not multiply",
+            _("divide by the job's peak, n_gpus × peak_flops, not multiply"),
         ),
         (
             lambda N, L, d, T, tps, peak, n: 100 * _mfu(N, L, d, T, tps, peak, n),
-            "a fraction, not a percentage",
+            _("a fraction, not a percentage"),
         ),
     ]
     return compare("10.mfu", fn, _mfu, cases, mistakes)
@@ -266,16 +269,19 @@ def _check_micro_batch(fn: Callable) -> CheckResult:
     per_gpu = lambda B, nodes, gpus, accum: B // (nodes * gpus * accum)
     cases = [(512, 2, 8, 4), (256, 4, 4, 2), (96, 1, 2, 3), (1024, 8, 8, 1)]
     mistakes = [
-        (lambda B, n, g, a: B // (g * a), "every node's GPUs take part: divide by nnodes too"),
+        (lambda B, n, g, a: B // (g * a), _("every node's GPUs take part: divide by nnodes too")),
         (
             lambda B, n, g, a: B // (n * g),
-            "the batch is also split over grad_accum micro-steps: divide by it too",
+            _("the batch is also split over grad_accum micro-steps: divide by it too"),
         ),
         (
             lambda B, n, g, a: B // (n * a),
-            "each node runs nproc_per_node processes, one per GPU: divide by it too",
+            _("each node runs nproc_per_node processes, one per GPU: divide by it too"),
         ),
-        (lambda B, n, g, a: B // (n * g) * a, "divide by grad_accum, do not multiply"),
-        (lambda B, n, g, a: B * n * g * a, "the global batch is shared out: divide, not multiply"),
+        (lambda B, n, g, a: B // (n * g) * a, _("divide by grad_accum, do not multiply")),
+        (
+            lambda B, n, g, a: B * n * g * a,
+            _("the global batch is shared out: divide, not multiply"),
+        ),
     ]
     return compare("10.micro_batch", fn, per_gpu, cases, mistakes)

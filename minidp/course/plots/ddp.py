@@ -5,7 +5,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from minidp.course.i18n import _
+from minidp.course.i18n import N_, _
 from minidp.events import Event
 
 # ---- 07 DDP by hand
@@ -133,9 +133,11 @@ def bucket_sweep(
 
 # ---- 09 gradient accumulation and the large-batch learning rate
 
+LOSS = N_("loss")  # large_batch_runs' default axis label, translated where drawn
+
 
 def large_batch_runs(
-    runs: dict[str, tuple[Tensor, Tensor, Tensor]], ylabel="loss", log=True, ylim=None
+    runs: dict[str, tuple[Tensor, Tensor, Tensor]], ylabel=LOSS, log=True, ylim=None
 ) -> Figure:
     """Loss (left) and learning rate (right) against examples seen, one line per run.
 
@@ -148,10 +150,10 @@ def large_batch_runs(
     for label, (examples, loss, lr) in runs.items():
         (line,) = ax_loss.plot(examples, torch.as_tensor(loss).clamp(max=1e6), label=label)
         ax_lr.plot(examples, lr, color=line.get_color())
-    ax_loss.set(yscale="log" if log else "linear", xlabel="examples seen", ylabel=ylabel)
+    ax_loss.set(yscale="log" if log else "linear", xlabel=_("examples seen"), ylabel=_(ylabel))
     if ylim is not None:
         ax_loss.set_ylim(*ylim)
-    ax_lr.set(xlabel="examples seen", ylabel="learning rate")
+    ax_lr.set(xlabel=_("examples seen"), ylabel=_("learning rate"))
     ax_loss.legend(fontsize=8)
     return fig
 
@@ -167,6 +169,6 @@ def scaling_rules(curves: dict[str, dict[str, tuple[Tensor, Tensor]]]) -> Figure
         for i, (label, (examples, loss)) in enumerate(runs.items()):
             style = dict(color="k", linewidth=2.5, alpha=0.35) if i == 0 else dict(linewidth=1.2)
             ax.plot(examples, loss, label=label, **style)
-        ax.set(yscale="log", xlabel="examples seen", ylabel="mean loss", title=optimizer)
+        ax.set(yscale="log", xlabel=_("examples seen"), ylabel=_("mean loss"), title=optimizer)
         ax.legend(fontsize=8)
     return fig

@@ -17,12 +17,13 @@ def training_curves(metrics: dict) -> Figure:
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
     steps, losses = zip(*[(row["step"], row["loss"]) for row in metrics["log"]], strict=True)
-    ax.plot(steps, losses, linewidth=1, label="train: each step's own batch")
+    ax.plot(steps, losses, linewidth=1, label=_("train: each step's own batch"))
     val_steps, val = zip(*[(row["step"], row["val_loss"]) for row in metrics["val"]], strict=True)
-    ax.plot(val_steps, val, "o-", label="validation: the same held-out text each time")
-    ax.axhline(math.log(256), color="0.6", linestyle=":", label="uniform guess: log 256 ≈ 5.55")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats per byte)")
-    ax.set_title(f"{metrics['params']:,} parameters on {metrics['world_size']} workers")
+    ax.plot(val_steps, val, "o-", label=_("validation: the same held-out text each time"))
+    ax.axhline(math.log(256), color="0.6", linestyle=":", label=_("uniform guess: log 256 ≈ 5.55"))
+    ax.set(xlabel=_("step"), ylabel=_("cross-entropy (nats per byte)"))
+    title = _("{params:,} parameters on {K} workers")
+    ax.set_title(title.format(params=metrics["params"], K=metrics["world_size"]))
     ax.legend(fontsize=8)
     return fig
 
@@ -32,9 +33,9 @@ def lr_schedule(lrs: list[float], warmup_steps: int) -> Figure:
     fig = Figure(figsize=(6.5, 3.0), layout="constrained")
     ax = fig.subplots()
     ax.plot(range(len(lrs)), lrs, color="C0", label="lr_at(step, config)")
-    warmup = f"end of warmup, step {warmup_steps}"
+    warmup = _("end of warmup, step {step}").format(step=warmup_steps)
     ax.axvline(warmup_steps, color="0.6", linestyle=":", label=warmup)
-    ax.set(xlabel="step", ylabel="learning rate η", ylim=(0, 1.1 * max(lrs)))
+    ax.set(xlabel=_("step"), ylabel=_("learning rate η"), ylim=(0, 1.1 * max(lrs)))
     ax.legend(fontsize=8)
     return fig
 
@@ -61,9 +62,9 @@ def scaling(tokens_per_s: dict[str, dict[int, float]]) -> Figure:
             ax.text(x, 0, f"K={k}", ha="center", va="bottom", fontsize=8, color="w")
             x += 1
         x += 0.5
-    ax.bar(0, 0, fill=False, edgecolor="0.5", linestyle="--", label="ideal: K × one worker's")
-    ax.set(xticks=[], ylabel="tokens / s (all workers)")
-    ax.set_title("Throughput at the same global batch; numbers: scaling efficiency")
+    ax.bar(0, 0, fill=False, edgecolor="0.5", linestyle="--", label=_("ideal: K × one worker's"))
+    ax.set(xticks=[], ylabel=_("tokens / s (all workers)"))
+    ax.set_title(_("Throughput at the same global batch; numbers: scaling efficiency"))
     ax.legend(fontsize=8)
     return fig
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from minidp import linear
 from minidp.course import plots
-from minidp.course.i18n import _
+from minidp.course.i18n import N_, _
 from minidp.course.widgets.core import draw
 from minidp.events import Event
 
@@ -58,6 +58,10 @@ class TimelineExplorer:
 
 # ---- 09 gradient accumulation and the large-batch learning rate
 
+# The statuses and the rules' names are data (the notebook asserts and sets them): they stay
+# English; only what is shown is translated.
+TRACKS, LAGS, DIVERGES = N_("tracks"), N_("lags"), N_("diverges")
+
 
 class LargeBatchExplorer:
     """Mini-batch SGD on the linear model: a base run (batch B, rate lr) against a run with a
@@ -68,9 +72,9 @@ class LargeBatchExplorer:
     """
 
     RULES = {
-        "same η": lambda c: 1.0,
-        "linear: cη": lambda c: c,
-        "square root: √c η": lambda c: c**0.5,
+        N_("same η"): lambda c: 1.0,
+        N_("linear: cη"): lambda c: c,
+        N_("square root: √c η"): lambda c: c**0.5,
     }
 
     def __init__(
@@ -83,8 +87,9 @@ class LargeBatchExplorer:
         self.limit = 2 / torch.linalg.eigvalsh(X.T @ X / len(y)).max().item()
         self.base = self._excess(batch, lr)
         ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k * batch <= len(y)]
-        self.k = W.SelectionSlider(options=ks, value=4, description="batch × c")
-        self.rule = W.ToggleButtons(options=list(self.RULES), value="linear: cη")
+        self.k = W.SelectionSlider(options=ks, value=4, description=_("batch × c"))
+        rules = [(_(rule), rule) for rule in self.RULES]  # shown translated, valued in English
+        self.rule = W.ToggleButtons(options=rules, value="linear: cη")
         self.label = W.HTML()
         self.image = W.Image(format="png")
         for control in (self.k, self.rule):
@@ -108,20 +113,26 @@ class LargeBatchExplorer:
         self.large = self._excess(k * B, self.large_lr)
         tail = lambda curve: curve[-max(1, len(curve) // 5) :].mean().item()  # the last fifth
         if not tail(self.large) < self.large[0].item():  # also catches inf and nan
-            self.status = "diverges"
+            self.status = DIVERGES
         elif tail(self.large) <= 2 * tail(self.base):
-            self.status = "tracks"
+            self.status = TRACKS
         else:
-            self.status = "lags"
-        self.label.value = (
-            f"<b>{self.status}</b>: batch {k * B} at η = {self.large_lr:.3g}, against batch {B} "
-            f"at η = {self.lr:.3g}. SGD on this J diverges above η = 2/λ<sub>max</sub> = "
-            f"{self.limit:.3g} (notebook 02), whatever the batch."
-        )
+            self.status = LAGS
+        words = _(
+            "batch {large} at η = {large_lr:.3g}, against batch {B} at η = {lr:.3g}. SGD on "
+            "this J diverges above η = 2/λ<sub>max</sub> = {limit:.3g} (notebook 02), "
+            "whatever the batch."
+        ).format(large=k * B, large_lr=self.large_lr, B=B, lr=self.lr, limit=self.limit)
+        self.label.value = f"<b>{_(self.status)}</b>: {words}"
         runs = {}
         for label, curve, batch, lr in (
-            (f"batch {B}, η = {self.lr:.3g}", self.base, B, self.lr),
-            (f"batch {k * B}, η = {self.large_lr:.3g}", self.large, k * B, self.large_lr),
+            (_("batch {B}, η = {lr:.3g}").format(B=B, lr=self.lr), self.base, B, self.lr),
+            (
+                _("batch {B}, η = {lr:.3g}").format(B=k * B, lr=self.large_lr),
+                self.large,
+                k * B,
+                self.large_lr,
+            ),
         ):
             seen = torch.arange(len(curve)) * batch
             runs[label] = (seen, curve, torch.full((len(curve),), lr))

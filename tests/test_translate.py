@@ -27,6 +27,7 @@ from minidp.course.translate.build import select_language
 from minidp.course.translate.catalog import load
 from minidp.course.translate.glossary import read_glossary
 from minidp.course.translate.messages import message_problems, update_messages
+from minidp.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 GLOSSARY = ROOT / "i18n" / "zh" / "glossary.md"
@@ -394,6 +395,49 @@ def test_the_checkers_and_widgets_of_notebooks_02_and_03_speak_chinese():
     assert averaging.label.value.startswith("4 个工作进程，每个 6 个样本；")
     legend = [t.get_text() for t in averaging.fig.axes[0].get_legend().get_texts()]
     assert legend == ["4 个工作进程的梯度", "它们的平均", "全批量梯度"]
+
+
+def test_a_wrong_answer_to_08_and_the_ddp_timeline_widget_speak_chinese():
+    before = list(checks.RESULTS)
+
+    def forward_buckets(sizes, cap):  # walks the parameters in forward order, not in reverse
+        buckets, size = [], 0
+        for i, nbytes in enumerate(sizes):
+            if not buckets or size + nbytes > cap:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(i)
+            size += nbytes
+        return buckets
+
+    ms = lambda t: t / 1e3  # noqa: E731
+    steps = [Event("forward", -1, ms(0)), Event("backward", -1, ms(10))]
+    for i in range(3):  # three buckets, each launched as its gradient is ready
+        steps += [Event("grad", i, ms(12 + 5 * i)), Event("launch", i, ms(12 + 5 * i))]
+        steps.append(Event("done", i, ms(16 + 5 * i)))
+    steps += [Event("backward end", -1, ms(30)), Event("step", -1, ms(36))]
+    steps.append(Event("end", -1, ms(40)))
+    try:
+        set_language("zh")
+        result = checks.check("08.buckets", forward_buckets)
+        shown = str(result)
+        explorer = widgets.TimelineExplorer({"bucketed, 4 MB": [steps, steps]})
+    finally:
+        set_language("en")
+        checks.RESULTS[:] = before
+    assert result.status == checks.INCORRECT  # the status is data: English
+    assert shown == (
+        "❌ 08.buckets: 不正确。你的第一个桶装的是最前面的参数，而反向传播最后才算出它们的梯度，"
+        "所以这个桶要到最后才能发出：应当倒序遍历参数"
+    )
+    assert explorer.label == "bucketed, 4 MB"  # the notebook's label, a key, stays as given
+    assert explorer.variant.description == "方案"
+    assert explorer.label_html.value == "<b>bucketed, 4 MB</b>：这一步用了 40 ms，每个秩 3 次全归约"
+    ax = explorer.fig.axes[0]
+    assert ax.get_title(loc="left") == "bucketed, 4 MB：一步 40 ms"
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["秩 1 通信", "秩 1 计算"]
+    legend = [t.get_text() for t in explorer.fig.legends[0].get_texts()]
+    assert legend == ["前向传播", "反向传播", "优化器更新", "全归约：桶 0、2、…", "桶 1、3、…"]
 
 
 def test_the_checkers_widget_and_figures_of_09_and_10_speak_chinese():

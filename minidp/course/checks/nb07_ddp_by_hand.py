@@ -17,6 +17,7 @@ from minidp.course.checks.core import (
     on_workers,
     same,
 )
+from minidp.course.i18n import _
 
 
 class _Normed(torch.nn.Module):
@@ -64,35 +65,37 @@ def _check_broadcast_parameters(fn: Callable) -> CheckResult:
     floats = [name for name in names if starts[0][name].is_floating_point()]
     total = lambda name: sum(s[name] for s in starts)
     if all(same(g[name], total(name) / p) for g in got for name in floats):
-        hint = (
+        hint = _(
             "every rank holds the average of the K starts: equal, but not rank 0's, and an "
             "average of K random initialisations is shrunk by about √K; broadcast rank 0's instead"
         )
         return CheckResult(exercise, INCORRECT, hint)
     if all(same(g[name], total(name)) for g in got for name in floats):
-        hint = "an all-reduce sums the starts: broadcast copies rank 0's (dist.broadcast, src=0)"
+        hint = _("an all-reduce sums the starts: broadcast copies rank 0's (dist.broadcast, src=0)")
         return CheckResult(exercise, INCORRECT, hint)
     for src in range(1, p):
         if all(same(g[name], starts[src][name]) for g in got for name in names):
-            return CheckResult(exercise, INCORRECT, f"every rank has rank {src}'s: use src=0")
+            return CheckResult(
+                exercise, INCORRECT, _("every rank has rank {src}'s: use src=0").format(src=src)
+            )
     if all(same(g[name], s[name]) for g, s in zip(got, starts, strict=True) for name in names):
-        hint = (
+        hint = _(
             "every rank kept its own start. Broadcast each tensor itself, in place: "
             "dist.broadcast(p.data, src=0); broadcasting a copy (p.clone(), torch.cat) leaves "
             "the model unchanged"
         )
         return CheckResult(exercise, INCORRECT, hint)
     if set(params) <= right:
-        hint = (
+        hint = _(
             "the parameters match rank 0's, but the buffers (BatchNorm's running statistics) "
             "are each rank's own: broadcast model.buffers() too"
         )
         return CheckResult(exercise, INCORRECT, hint)
     wrong = [name for name in params if name not in right]
-    hint = (
-        f"{len(wrong)} of {len(params)} parameters ({', '.join(wrong)}) still differ from rank "
-        "0's: broadcast every tensor of model.parameters() and model.buffers()"
-    )
+    hint = _(
+        "{wrong} of {total} parameters ({names}) still differ from rank 0's: broadcast every "
+        "tensor of model.parameters() and model.buffers()"
+    ).format(wrong=len(wrong), total=len(params), names=", ".join(wrong))
     return CheckResult(exercise, INCORRECT, hint)
 
 
@@ -138,21 +141,21 @@ def _check_average_gradients(fn: Callable) -> CheckResult:
         "by 2": lambda r, i: sums[i] / 2,
     }
     found = set()
-    for r, (got_grads, _) in enumerate(got):
+    for r, (got_grads, _calls) in enumerate(got):
         for i, grad in enumerate(got_grads):
             kind = next((k for k, value in kinds.items() if same(grad, value(r, i))), "other")
             found.add(kind)
     calls = got[0][1]
     if found == {"mean"}:
         if calls > 1:
-            hint = (
-                f"the averages are right, but you called all_reduce {calls} times, once per "
+            hint = _(
+                "the averages are right, but you called all_reduce {calls} times, once per "
                 "parameter: each call pays the latency α. Copy all gradients into one flat buffer "
                 "(torch.cat), all-reduce it once, and copy the slices back"
-            )
+            ).format(calls=calls)
             return CheckResult(exercise, INCORRECT, hint)
         if calls == 0:
-            hint = (
+            hint = _(
                 "the averages are right, but not through the all_reduce your function is given: "
                 "call all_reduce(buffer), not dist.all_reduce(buffer), so that any all-reduce "
                 "(notebook 06's ring, or the checker's, which counts the calls) can be passed in"
@@ -160,24 +163,29 @@ def _check_average_gradients(fn: Callable) -> CheckResult:
             return CheckResult(exercise, INCORRECT, hint)
         return CheckResult(exercise, CORRECT)
     hints = {
-        "sum": "all_reduce sums over the ranks: divide by the world size K",
-        "twice": "you divided by K twice: all_reduce gives the sum, one division the mean",
-        "by 2": f"you divided by 2, but there are {p} ranks here: use dist.get_world_size()",
+        "sum": _("all_reduce sums over the ranks: divide by the world size K"),
+        "twice": _("you divided by K twice: all_reduce gives the sum, one division the mean"),
+        "by 2": _(
+            "you divided by 2, but there are {p} ranks here: use dist.get_world_size()"
+        ).format(p=p),
     }
     if len(found) == 1 and next(iter(found)) in hints:
         return CheckResult(exercise, INCORRECT, hints[next(iter(found))])
     if found == {"own"}:
         if calls == 0:
-            return CheckResult(exercise, INCORRECT, "the gradients are unchanged: all-reduce them")
-        hint = (
+            return CheckResult(
+                exercise, INCORRECT, _("the gradients are unchanged: all-reduce them")
+            )
+        hint = _(
             "the gradients are unchanged: torch.cat makes a copy, so after the all-reduce copy "
             "each slice of the averaged buffer back into its p.grad"
         )
         return CheckResult(exercise, INCORRECT, hint)
     if found == {"mean", "own"}:
-        hint = (
+        hint = _(
             "only some parameters were averaged; the others still hold this rank's own gradient, "
             "and the replicas will drift apart: average every parameter's gradient"
         )
         return CheckResult(exercise, INCORRECT, hint)
-    return CheckResult(exercise, INCORRECT, "each p.grad must become the mean over the K ranks")
+    hint = _("each p.grad must become the mean over the K ranks")
+    return CheckResult(exercise, INCORRECT, hint)

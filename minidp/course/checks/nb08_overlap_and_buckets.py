@@ -12,12 +12,14 @@ from minidp.course.checks.core import (
     CORRECT,
     INCORRECT,
     NOT_ATTEMPTED,
+    STUB_HINT,
     CheckResult,
     checker,
     on_workers,
     run_trial,
     same,
 )
+from minidp.course.i18n import _
 from minidp.ddp import DistributedDataParallel
 
 
@@ -86,14 +88,15 @@ def _check_ready_order(fn: Callable) -> CheckResult:
         try:
             got, later = run_trial(_ready_order_trial, fn, module, compute_loss)
         except NotImplementedError:
-            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+            return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
         except Exception as e:
-            return CheckResult(exercise, INCORRECT, f"it raised {type(e).__name__}: {e}")
+            hint = _("it raised {error}: {message}").format(error=type(e).__name__, message=e)
+            return CheckResult(exercise, INCORRECT, hint)
         if not isinstance(got, list) or not all(isinstance(name, str) for name in got):
-            hint = "return a list of names (str), as model.named_parameters() gives them"
+            hint = _("return a list of names (str), as model.named_parameters() gives them")
             return CheckResult(exercise, INCORRECT, hint)
         if later:
-            hint = (
+            hint = _(
                 "your hooks are still registered after your function returned, and record every "
                 "later backward too: keep the handles and call handle.remove() on each"
             )
@@ -102,22 +105,22 @@ def _check_ready_order(fn: Callable) -> CheckResult:
             continue
         defined = [name for name, _ in module.named_parameters()]
         if not got:
-            hint = "the list is empty: register the hooks, then run compute_loss().backward()"
+            hint = _("the list is empty: register the hooks, then run compute_loss().backward()")
         elif got == defined:
-            hint = (
+            hint = _(
                 "that is the order the model defines its parameters in; record the names "
                 "inside a hook, as backward reaches each one"
             )
         elif got == defined[::-1]:
-            hint = (
+            hint = _(
                 "reversed definition order is a good guess, but backward follows the order in "
                 "which forward used the layers (here not the order they were defined in): record "
                 "the names inside a hook"
             )
         elif sorted(got) == sorted(expected * 2):
-            hint = "each name appears twice: did you run backward twice, or register two hooks?"
+            hint = _("each name appears twice: did you run backward twice, or register two hooks?")
         else:
-            hint = "use register_post_accumulate_grad_hook and append the name when it runs"
+            hint = _("use register_post_accumulate_grad_hook and append the name when it runs")
         return CheckResult(exercise, INCORRECT, hint)
     return CheckResult(exercise, CORRECT)
 
@@ -153,19 +156,25 @@ def _bucket_mistakes(sizes: list[int], cap: int) -> list[tuple[list[list[int]], 
     return [
         (
             forward,
-            "your first bucket holds the first parameters, whose gradients backward produces "
-            "last, so it could only start at the very end: walk the parameters in reverse",
+            _(
+                "your first bucket holds the first parameters, whose gradients backward produces "
+                "last, so it could only start at the very end: walk the parameters in reverse"
+            ),
         ),
-        (forward[::-1], "cut the buckets walking the parameters in reverse, from the last one"),
+        (forward[::-1], _("cut the buckets walking the parameters in reverse, from the last one")),
         (
             eager,
-            "a bucket may hold exactly cap bytes: start a new one only when the next parameter "
-            "would take it over the cap",
+            _(
+                "a bucket may hold exactly cap bytes: start a new one only when the next "
+                "parameter would take it over the cap"
+            ),
         ),
         (
             [[i] for i in reversed(range(len(sizes)))],
-            "one parameter per bucket is per-parameter DDP, one message each: fill each bucket "
-            "up to cap bytes",
+            _(
+                "one parameter per bucket is per-parameter DDP, one message each: fill each "
+                "bucket up to cap bytes"
+            ),
         ),
     ]
 
@@ -173,22 +182,26 @@ def _bucket_mistakes(sizes: list[int], cap: int) -> list[tuple[list[list[int]], 
 def _bucket_structure(buckets, sizes: list[int], cap: int) -> str | None:
     """What is wrong with `buckets` whatever the order: a missing, repeated or oversized one."""
     if not isinstance(buckets, list) or not all(isinstance(b, list) for b in buckets):
-        return "return a list of buckets, each a list of parameter indices"
+        return _("return a list of buckets, each a list of parameter indices")
     flat = [i for b in buckets for i in b]
     for i in range(len(sizes)):
         if flat.count(i) > 1:
-            return f"parameter {i} is in {flat.count(i)} buckets: each belongs to exactly one"
+            return _("parameter {i} is in {count} buckets: each belongs to exactly one").format(
+                i=i, count=flat.count(i)
+            )
         if i not in flat:
-            return f"parameter {i} is in no bucket: every parameter needs one, or DDP waits forever"
+            return _(
+                "parameter {i} is in no bucket: every parameter needs one, or DDP waits forever"
+            ).format(i=i)
     if any(not b for b in buckets):
-        return "there is an empty bucket: a parameter larger than cap goes alone in a new bucket"
+        return _("there is an empty bucket: a parameter larger than cap goes alone in a new bucket")
     for k, b in enumerate(buckets):
         total = sum(sizes[i] for i in b)
         if len(b) > 1 and total > cap:
-            return (
-                f"bucket {k} holds {total} bytes, over the cap of {cap}: start a new bucket "
+            return _(
+                "bucket {k} holds {total} bytes, over the cap of {cap}: start a new bucket "
                 "before adding a parameter that does not fit"
-            )
+            ).format(k=k, total=total, cap=cap)
     return None
 
 
@@ -226,19 +239,21 @@ def _check_buckets(fn: Callable) -> CheckResult:
         try:
             got = fn(list(sizes), cap)
         except NotImplementedError:
-            return CheckResult(exercise, NOT_ATTEMPTED, "replace the `raise NotImplementedError`")
+            return CheckResult(exercise, NOT_ATTEMPTED, _(STUB_HINT))
         except Exception as e:
-            return CheckResult(exercise, INCORRECT, f"it raised {type(e).__name__}: {e}")
+            hint = _("it raised {error}: {message}").format(error=type(e).__name__, message=e)
+            return CheckResult(exercise, INCORRECT, hint)
         problem = _bucket_structure(got, sizes, cap)
         if problem:
-            return CheckResult(exercise, INCORRECT, f"with cap {cap}: {problem}")
+            hint = _("with cap {cap}: {problem}").format(cap=cap, problem=problem)
+            return CheckResult(exercise, INCORRECT, hint)
         as_sets = lambda buckets: [sorted(b) for b in buckets]  # order inside a bucket is free
         if as_sets(got) == as_sets(_buckets(sizes, cap)):
             continue
         for wrong, hint in _bucket_mistakes(sizes, cap):
             if as_sets(got) == as_sets(wrong):
                 return CheckResult(exercise, INCORRECT, hint)
-        return CheckResult(exercise, INCORRECT, "compare with the rule above, on paper")
+        return CheckResult(exercise, INCORRECT, _("compare with the rule above, on paper"))
     # Right on paper: now as a real DDP on 2 processes, which must equal one process on the
     # whole batch, and start its first all-reduce while backward still runs.
     cap = 4096  # several buckets for the tiny GPT's float64 parameters
@@ -247,8 +262,10 @@ def _check_buckets(fn: Callable) -> CheckResult:
     if isinstance(results, CheckResult):
         return results
     if not all(same(theta, expected, rtol=1e-9, atol=1e-12) for theta, _ in results):
-        return CheckResult(exercise, INCORRECT, "with your buckets DDP did not match one process")
+        return CheckResult(
+            exercise, INCORRECT, _("with your buckets DDP did not match one process")
+        )
     if results[0][1][0] != "launch":
-        hint = "the first bucket launched only after backward ended: fill buckets in reverse"
+        hint = _("the first bucket launched only after backward ended: fill buckets in reverse")
         return CheckResult(exercise, INCORRECT, hint)
     return CheckResult(exercise, CORRECT)

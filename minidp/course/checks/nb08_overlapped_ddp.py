@@ -27,6 +27,7 @@ from minidp.course.checks.core import (
     same,
 )
 from minidp.course.checks.nb08_overlap_and_buckets import tiny_gpt
+from minidp.course.i18n import N_, _
 
 EXERCISE, RANKS, STEPS, ROWS = "08.overlapped_ddp", 3, 2, 6  # ROWS: the global batch, 2 per rank
 FROZEN = "frozen parameter"  # what a worker returns when the learner hooked a frozen parameter
@@ -152,48 +153,52 @@ def _equal(got: list[Tensor | None], expected: list[Tensor | None], scale: float
 
 
 HINTS = {
-    FROZEN: (
+    FROZEN: N_(
         "register_post_accumulate_grad_hook raised on a frozen parameter (requires_grad=False): "
         "it never gets a gradient, so give it no hook; only parameters with p.requires_grad"
     ),
-    "not callable": "return finish, the function itself (not finish()), for the loop to call",
-    "parameter": (
+    "not callable": N_("return finish, the function itself (not finish()), for the loop to call"),
+    "parameter": N_(
         "you all-reduced a parameter (p or p.data), not its gradient: the hook receives the "
         "parameter p, and the tensor to sum over the ranks is p.grad"
     ),
-    "unwaited": (
+    "unwaited": N_(
         "some all-reduces were never waited for: async_op=True returns at once, and the sum "
         "arrives later. finish() must call work.wait() on every one before the gradients are used"
     ),
-    "none": (
+    "none": N_(
         "no all-reduce went through the all_reduce your function is given: call "
         "all_reduce(p.grad, async_op=True), not dist.all_reduce, in the hook"
     ),
-    "nothing": (
+    "nothing": N_(
         "no all-reduce was started, and the gradients are not the mean over the ranks: register "
         "start_all_reduce on every parameter that requires a gradient, and start the "
         "all-reduce in it"
     ),
-    "twice": (
+    "twice": N_(
         "more all-reduces than parameters with a gradient: a hook was registered twice on one "
         "parameter. The tied embedding appears twice in named_parameters(remove_duplicate=False) "
         "or in each module's own parameters; use module.parameters(), which lists it once"
     ),
-    "sum": "the gradients are the sum over the ranks: divide each by K in finish(), after wait()",
-    "divided twice": "you divided by K twice: the all-reduce gives the sum, one division the mean",
-    "stale": (
+    "sum": N_(
+        "the gradients are the sum over the ranks: divide each by K in finish(), after wait()"
+    ),
+    "divided twice": N_(
+        "you divided by K twice: the all-reduce gives the sum, one division the mean"
+    ),
+    "stale": N_(
         "the first step is right, the second is not: finish() must forget the all-reduces it has "
         "waited for (pending.clear()), or the next backward divides old gradients again"
     ),
-    "blocking": (
+    "blocking": N_(
         "an all-reduce was started without async_op=True: it blocks backward until the sum has "
         "arrived, so nothing overlaps. Start it with async_op=True and wait in finish()"
     ),
-    "wait in hook": (
+    "wait in hook": N_(
         "an all-reduce was waited for before backward ended, inside the hook: backward stops "
         "until the sum arrives, and nothing overlaps. Keep the work, and wait in finish()"
     ),
-    "after backward": (
+    "after backward": N_(
         "every all-reduce started after backward had ended: that is notebook 07's loop, with no "
         "overlap. Start each one in a gradient hook, as soon as its gradient is ready"
     ),
@@ -227,7 +232,7 @@ def _verdict(got: list, expected: list) -> str | None:
         return "none"
     if "blocking" in started:
         return "blocking"
-    for _, step_events, _ in steps:
+    for _grads, step_events, _unwaited in steps:
         before = step_events[: step_events.index("backward end")]
         if "wait" in before:
             return "wait in hook"
@@ -242,14 +247,18 @@ def _check_overlapped_ddp(fn: Callable) -> CheckResult:
     got = on_workers(EXERCISE, RANKS, _overlap_worker, fn)
     if isinstance(got, CheckResult):
         if "NoneType" in got.hint:  # p.grad /= K on a parameter that has no gradient
-            hint = "a frozen parameter has no gradient (p.grad is None): leave it out of finish()"
+            hint = _(
+                "a frozen parameter has no gradient (p.grad is None): leave it out of finish()"
+            )
             return CheckResult(EXERCISE, INCORRECT, hint)
         return got
     problem = _verdict(got, expected)
     if problem is None:
         return CheckResult(EXERCISE, CORRECT)
-    generic = (
-        f"with {RANKS} ranks, after finish() every p.grad must be the mean over the ranks of "
+    if problem in HINTS:
+        return CheckResult(EXERCISE, INCORRECT, _(HINTS[problem]))
+    generic = _(
+        "with {ranks} ranks, after finish() every p.grad must be the mean over the ranks of "
         "their gradients, as one process computes on the whole batch"
-    )
-    return CheckResult(EXERCISE, INCORRECT, HINTS.get(problem, generic))
+    ).format(ranks=RANKS)
+    return CheckResult(EXERCISE, INCORRECT, generic)

@@ -21,8 +21,8 @@ def replica_gaps(gaps: dict[str, Tensor], tolerance: float | None = None) -> Fig
     for label, gap in gaps.items():
         ax.plot(torch.as_tensor(gap).clamp(min=1e-18), marker=".", label=label)
     if tolerance is not None:
-        ax.axhline(tolerance, color="0.5", linestyle="--", linewidth=1, label="tolerance")
-    ax.set(yscale="log", xlabel="step", ylabel="max |θ (K workers) - θ (one process)|")
+        ax.axhline(tolerance, color="0.5", linestyle="--", linewidth=1, label=_("tolerance"))
+    ax.set(yscale="log", xlabel=_("step"), ylabel=_("max |θ (K workers) - θ (one process)|"))
     ax.legend(fontsize=8)
     return fig
 
@@ -92,16 +92,22 @@ def ddp_timeline(traces: dict[str, list[list[Event]]], steps_ms: dict | None = N
             _draw_rank(ax, trace, len(ranks) - 1 - r, t0)
         ax.set_yticks(
             [y for r in range(len(ranks)) for y in (r - 0.25, r + 0.25)],
-            [f"rank {r} {lane}" for r in reversed(range(len(ranks))) for lane in ("comm", "work")],
+            [
+                _("rank {r} {lane}").format(r=r, lane=lane)
+                for r in reversed(range(len(ranks)))
+                for lane in (_("comm"), _("work"))
+            ],
             fontsize=8,
         )
-        title = label if not steps_ms else f"{label}: step {steps_ms[label]:.0f} ms"
+        title = label
+        if steps_ms:
+            title = _("{label}: step {ms:.0f} ms").format(label=label, ms=steps_ms[label])
         ax.set_title(title, fontsize=10, loc="left")
-    axes[-1].set_xlabel("ms since the step started")
+    axes[-1].set_xlabel(_("ms since the step started"))
     colours = [*PHASES.values(), "tab:purple", "tab:red"]
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours]
-    names = ["forward", "backward", "optimizer step"]
-    names += ["all-reduce: bucket 0, 2, …", "bucket 1, 3, …"]
+    names = [_("forward"), _("backward"), _("optimizer step")]
+    names += [_("all-reduce: bucket 0, 2, …"), _("bucket 1, 3, …")]
     fig.legend(handles, names, loc="outside lower center", ncols=5, fontsize=8)
     return fig
 
@@ -113,13 +119,13 @@ def bucket_sweep(
     dashed lines for the baselines (after-backward, torch's DDP, compute alone)."""
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    ax.plot(caps_mb, steps_ms, marker="o", color="k", label="bucketed (ours)")
+    ax.plot(caps_mb, steps_ms, marker="o", color="k", label=_("bucketed (ours)"))
     for cap, ms, n in zip(caps_mb, steps_ms, buckets, strict=True):
         ax.annotate(f"{n}", (cap, ms), textcoords="offset points", xytext=(0, 6), ha="center")
     for i, (label, ms) in enumerate(baselines.items()):
         ax.axhline(ms, linestyle="--", color=plt.get_cmap("tab10")(i), label=label)
-    ax.set(xscale="log", xlabel="bucket cap (MB)", ylabel="ms per training step")
-    ax.set_title("Step time against bucket size (numbers: buckets per step)", fontsize=10)
+    ax.set(xscale="log", xlabel=_("bucket cap (MB)"), ylabel=_("ms per training step"))
+    ax.set_title(_("Step time against bucket size (numbers: buckets per step)"), fontsize=10)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     return fig

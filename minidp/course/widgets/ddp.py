@@ -25,7 +25,7 @@ class TimelineExplorer:
         self.variant = W.SelectionSlider(
             options=list(traces),
             value=label or next(iter(traces)),
-            description="variant",
+            description=_("variant"),
             layout=W.Layout(width="520px"),
         )
         self.label_html = W.HTML()
@@ -40,11 +40,14 @@ class TimelineExplorer:
         self.seconds = plots.step_seconds(ranks)
         launches = sum(1 for event in ranks[0] if event.kind == "launch")
         traced = any(event.kind == "backward end" for event in ranks[0])  # minidp's DDP syncing
-        comm = f"with {launches} all-reduce{'s' if launches != 1 else ''} per rank"
+        if launches == 1:
+            comm = _("with 1 all-reduce per rank")
+        else:
+            comm = _("with {n} all-reduces per rank").format(n=launches)
         if not traced:  # torch's DDP, or ours inside no_sync()
-            comm = "its communication, if any, not traced"
-        self.label_html.value = (
-            f"<b>{self.label}</b>: this step took {1e3 * self.seconds:.0f} ms, {comm}"
+            comm = _("its communication, if any, not traced")
+        self.label_html.value = _("<b>{label}</b>: this step took {ms:.0f} ms, {comm}").format(
+            label=self.label, ms=1e3 * self.seconds, comm=comm
         )
         self.fig = plots.ddp_timeline({self.label: ranks}, {self.label: 1e3 * self.seconds})
         draw(self.image, self.fig)

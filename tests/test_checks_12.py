@@ -1,7 +1,8 @@
 """The checkers of notebook 12: each accepts a right answer, tells each typical wrong answer
 apart by its own hint, and says "not attempted" for an untouched stub.
 
-The answers are written here the way a learner would write them, not taken from the checkers.
+The notebook's own solutions are judged first; the other answers are written here the way a
+learner would write them, not taken from the checkers.
 """
 
 import math
@@ -10,10 +11,24 @@ import pytest
 import torch
 import torch.distributed as dist
 from checking import assert_hint, stub, verdict
+from solutions import notebook_solutions
 
+from minidp.course import checks
 from minidp.course.checks import CORRECT, NOT_ATTEMPTED
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
+
+SOLUTIONS = notebook_solutions("12")  # the notebook's own, not copies kept here
+
+
+@pytest.mark.parametrize("exercise", sorted(SOLUTIONS))
+def test_the_notebooks_solution_is_correct(exercise):
+    assert verdict(exercise, SOLUTIONS[exercise]) == (CORRECT, "")
+
+
+def test_every_checker_of_12_is_tested():
+    assert {name for name in checks.CHECKERS if name.startswith("12.")} == set(SOLUTIONS)
+
 
 CACHE = []  # where a learner might keep the gathered parameters "for later"
 

@@ -46,7 +46,7 @@ test-binder: $(STAMP)
 	$(PY) -m pytest -m binder tests/binder -s
 
 # Every notebook graded as an instructor would: the solutions full marks, the student versions
-# zero (about 9 minutes on 2 cores; `make test` already runs each notebook once).
+# zero, and a sample of the Chinese edition (about 5 minutes on 2 cores).
 test-grading: $(STAMP)
 	$(PY) -m pytest -m grading tests/test_assignments.py
 

@@ -7,10 +7,11 @@
 The same algorithm as `minidp.collectives.ring_all_reduce` (reduce-scatter, then all-gather,
 around the ring rank -> rank + 1) behind the same contract, with what makes it fast on gloo: each
 chunk is cut into pieces that are passed on as soon as they arrive, across the phase boundary
-too; sends are posted before the receives they meet; the only buffer is one piece, allocated per
-call. Pipelining a ring's segments is what Patarasuk & Yuan (2009) analyse and what gloo's own
-ring does (gloo/allreduce.cc: segments, two in flight, at most 1 MB each); the piece size and the
-order of posting here were measured on a 2-core machine, see the README.
+too; each receive is posted one piece ahead, so the next piece travels while this one is added;
+the only buffers are two pieces, allocated per call. Pipelining a ring's segments is what
+Patarasuk & Yuan (2009) analyse and what gloo's own ring does (gloo/allreduce.cc: segments, two
+in flight, at most 1 MB each); the piece size and the order of posting here were measured on a
+2-core machine, see the README.
 """
 
 import torch
@@ -30,32 +31,44 @@ def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT
     """Sum in place: the ring of collectives._ring_all_reduce, pipelined piece by piece.
 
     What a rank sends at step t + 1 is what it received at step t, so each piece goes on to the
-    right as soon as it has arrived (and been added), across the phase boundary too. Every send
-    is posted before the receive it will match on the neighbour: gloo then moves the bytes on its
-    own I/O thread, instead of the sending thread writing them inline, which measured slower on a
-    busy machine. Receives are posted one at a time, as each is needed, into one buffer of one
-    piece that lives for this call only.
+    right as soon as it has arrived (and been added), across the phase boundary too. Gloo moves a
+    message's bytes only once both ends have posted it, so each receive is posted one piece ahead:
+    the next piece travels while this one is added and passed on. The reduce-scatter's pieces
+    arrive in at most two buffers of one piece, taking turns, that live for this call only; the
+    all-gather's go straight into place.
     """
     p, r = comm.size, comm.rank
     left, right, steps = (r - 1) % p, (r + 1) % p, 2 * (p - 1)
     per = max(1, segment_bytes // flat.element_size())
     chunks = flat.tensor_split(p)
     pieces = [chunk.split(per) for chunk in chunks]  # an empty chunk is one empty piece
-    inbox = torch.empty_like(pieces[0][0])  # the largest piece: chunk 0 is the largest chunk
+    # Everything this rank receives, in order: at step t, the pieces of chunk r - t - 1.
+    arrivals = [(t, piece) for t in range(steps) for piece in pieces[(r - t - 1) % p]]
+    reduced = sum(t < p - 1 for t, _ in arrivals)  # pieces to add: they need a buffer
+    inboxes = [torch.empty_like(pieces[0][0]) for _ in range(min(2, reduced))]  # the largest
+
+    def receive(i: int):
+        t, piece = arrivals[i]
+        into = inboxes[i % 2][: piece.numel()] if t < p - 1 else piece
+        return comm.irecv(into, left), into
+
     sends = [comm.isend(piece, right) for piece in pieces[r]]  # step 0: my own chunk r
+    # Kept until the end: gloo wakes the waiting thread before its I/O thread has let go of the
+    # buffer, and freeing the handle at once spins until it has (gloo/common/memory.h), which
+    # cost 0.1-0.2 ms of CPU a call here.
+    recvs, i = [receive(0)], 0
     for t in range(steps):
         start, reduce = comm.now(), t < p - 1
         for piece in pieces[(r - t - 1) % p]:
-            into = inbox[: piece.numel()] if reduce else piece  # all-gather: straight into place
-            # Kept until the next receive: gloo wakes the waiting thread before its I/O thread has
-            # let go of the buffer, and freeing the handle at once spins until it has
-            # (gloo/common/memory.h), which cost 0.1-0.2 ms of CPU a call here.
-            recv = comm.irecv(into, left)
-            recv.wait()
+            if i + 1 < len(arrivals):
+                recvs.append(receive(i + 1))  # its buffer's last piece was added at i - 1
+            work, into = recvs[i]
+            work.wait()
             if reduce:
                 piece += into
             if t + 1 < steps:  # pass it on: it is what step t + 1 sends
                 sends.append(comm.isend(piece, right))
+            i += 1
         out = (r - t) % p
         comm.log(
             "reduce-scatter" if reduce else "all-gather", t, right, out, chunks[out].numel(), start

@@ -8,7 +8,7 @@ The same algorithm as `minidp.collectives.ring_all_reduce` (reduce-scatter, then
 around the ring rank -> rank + 1) behind the same contract, with what makes it fast on gloo: each
 chunk is cut into pieces that are passed on as soon as they arrive, across the phase boundary
 too; each receive is posted one piece ahead, so the next piece travels while this one is added;
-the only buffers are two pieces, allocated per call. Pipelining a ring's segments is what
+the only buffers are at most two pieces, allocated per call. Pipelining a ring's segments is what
 Patarasuk & Yuan (2009) analyse and what gloo's own ring does (gloo/allreduce.cc: segments, two
 in flight, at most 1 MB each); the piece size and the order of posting here were measured on a
 2-core machine, see the README.
@@ -44,15 +44,17 @@ def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT
     pieces = [chunk.split(per) for chunk in chunks]  # an empty chunk is one empty piece
     # Everything this rank receives, in order: at step t, the pieces of chunk r - t - 1.
     arrivals = [(t, piece) for t in range(steps) for piece in pieces[(r - t - 1) % p]]
-    reduced = sum(t < p - 1 for t, _ in arrivals)  # pieces to add: they need a buffer
-    inboxes = [torch.empty_like(pieces[0][0]) for _ in range(min(2, reduced))]  # the largest
+    added = sum(t < p - 1 for t, _ in arrivals)  # the reduce-scatter's, which need a buffer
+    inboxes = [torch.empty_like(pieces[0][0]) for _ in range(min(2, added))]  # the largest
 
     def receive(i: int):
-        t, piece = arrivals[i]
-        into = inboxes[i % 2][: piece.numel()] if t < p - 1 else piece
+        piece = arrivals[i][1]
+        into = inboxes[i % 2][: piece.numel()] if i < added else piece
         return comm.irecv(into, left), into
 
-    sends = [comm.isend(piece, right) for piece in pieces[r]]  # step 0: my own chunk r
+    # Step 0: my own chunk r, sent before any receive is posted, so that gloo's I/O thread moves
+    # it (a send that meets a posted receive is written by the sending thread; see the README).
+    sends = [comm.isend(piece, right) for piece in pieces[r]]
     # Kept until the end: gloo wakes the waiting thread before its I/O thread has let go of the
     # buffer, and freeing the handle at once spins until it has (gloo/common/memory.h), which
     # cost 0.1-0.2 ms of CPU a call here.

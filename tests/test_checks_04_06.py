@@ -111,9 +111,13 @@ def test_exchange_accepts_correct_answers(fn):
 
 
 def test_exchange_turns_a_deadlock_into_a_hint_within_seconds():
+    # The verdict comes when the check's own short timeout ends (TIMEOUT_S, 8 s), not launch's
+    # default of 60 s. Forking, the rendezvous and the tear-down come on top: 0.1 s on a quiet
+    # machine (plus 1.5 s for the first launch's import of torch._dynamo), but 5 s in one busy
+    # CI run (13.1 s in all), so they are allowed 7 s.
     start = time.monotonic()
     assert_hint("04.exchange", exchange_both_send_first, "if every rank sends first")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < checks.core.TIMEOUT_S + 7
 
 
 @pytest.mark.parametrize(

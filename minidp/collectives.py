@@ -59,11 +59,17 @@ class Comm:
     def _global(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
-    def isend(self, tensor: Tensor, dst: int, tag: int = 0):
-        return dist.isend(tensor, self._global(dst), group=self.group, tag=tag)
+    # `via`: another group over the same ranks, in the same order, whose connections carry the
+    # message instead of this one's (the fast ring's second connection at 2 ranks).
+    def isend(self, tensor: Tensor, dst: int, tag: int = 0, via=None):
+        return dist.isend(
+            tensor, self._global(dst), group=self.group if via is None else via, tag=tag
+        )
 
-    def irecv(self, tensor: Tensor, src: int, tag: int = 0):
-        return dist.irecv(tensor, self._global(src), group=self.group, tag=tag)
+    def irecv(self, tensor: Tensor, src: int, tag: int = 0, via=None):
+        return dist.irecv(
+            tensor, self._global(src), group=self.group if via is None else via, tag=tag
+        )
 
     def log(self, phase: str, step: int, dst: int, chunk: int, numel: int, start: float) -> None:
         if self.record is not None:

@@ -8,23 +8,52 @@ The same algorithm as `minidp.collectives.ring_all_reduce` (reduce-scatter, then
 around the ring rank -> rank + 1) behind the same contract, with what makes it fast on gloo: each
 chunk is cut into pieces that are passed on as soon as they arrive, across the phase boundary
 too; each receive is posted one piece ahead, so the next piece travels while this one is added;
-the only buffers are at most two pieces, allocated per call. Pipelining a ring's segments is what
-Patarasuk & Yuan (2009) analyse and what gloo's own ring does (gloo/allreduce.cc: segments, two
-in flight, at most 1 MB each); the piece size and the order of posting here were measured on a
-2-core machine, see the README.
+the only buffers are at most two pieces, allocated per call; at 2 ranks, where both neighbours
+are one rank, the two directions travel on two connections (a second group over the same ranks,
+made on the first call). Pipelining a ring's segments is what Patarasuk & Yuan (2009) analyse and
+what gloo's own ring does (gloo/allreduce.cc: segments, two in flight, at most 1 MB each); the
+piece size, the order of posting and the connections were measured on a 2-core machine, see the
+README.
 """
 
+import weakref
+
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from minidp.collectives import Comm, run_all_reduce
 
 # A fast ring's chunk travels in pieces of at most this many bytes. Each piece is passed on as
 # soon as it has arrived and been added, so the next rank works while this one receives. Every
-# piece is a message, though, and gloo pays ~0.1 ms of CPU for one. On 2 busy cores at 32 MB
-# (chunks of 16 MB), 2 MB pieces did best in paired runs: 1 MB ones cost more messages; 4, 8 and
-# 16 MB ones, likely, outgrow a core's 2.5 MB L2 cache and make a bigger buffer to fault in.
-SEGMENT_BYTES = 2 << 20
+# piece is a message, though, and gloo pays ~0.1 ms of CPU for one. On 2 cores, at 32 MB, 4 MB
+# pieces did best in paired runs at 3 ranks (0.94x torch's, against 0.91x for 2 MB and 0.89x
+# for 8 MB) and well at 2 ranks, where the way back has a connection of its own (1.10x, where
+# 2 MB pieces gave 1.04x and the added messages cost more than the pipelining saves).
+SEGMENT_BYTES = 4 << 20
+
+
+# At 2 ranks a rank's left and right are one rank, and gloo joins two ranks by one connection: one
+# socket, read and written under one lock by one I/O thread in each process, so the ring's two
+# directions would take turns. A second group over the same ranks is a second connection; rank
+# 0's messages keep the group's own, rank 1's take the second. Paired with torch's in the same
+# runs at 4 MB the fast ring went from 0.85-0.94x torch's speed on one connection to 0.97-1.18x.
+_SECOND_CONNECTION: "weakref.WeakKeyDictionary[dist.ProcessGroup, dist.ProcessGroup]"
+_SECOND_CONNECTION = weakref.WeakKeyDictionary()  # kept as long as its group lives
+
+
+def second_connection(group) -> "dist.ProcessGroup | None":
+    """A second group over `group`'s ranks, made on the first call and kept; None for a group
+    smaller than the world, since making a group takes every rank of the world."""
+    pg = dist.group.WORLD if group is None else group
+    if dist.get_world_size(pg) != dist.get_world_size():
+        return None
+    if pg not in _SECOND_CONNECTION:
+        # torch has no public getter for a group's timeout; the second one gets the same.
+        timeout = pg._get_backend(torch.device("cpu")).options._timeout
+        ranks = dist.get_process_group_ranks(pg)
+        _SECOND_CONNECTION[pg] = dist.new_group(ranks, timeout=timeout, sort_ranks=False)
+    return _SECOND_CONNECTION[pg]
 
 
 def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT_BYTES) -> None:
@@ -46,19 +75,26 @@ def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT
     arrivals = [(t, piece) for t in range(steps) for piece in pieces[(r - t - 1) % p]]
     added = sum(t < p - 1 for t, _ in arrivals)  # the reduce-scatter's, which need a buffer
     inboxes = [torch.empty_like(pieces[0][0]) for _ in range(min(2, added))]  # the largest
+    # Which connection each rank's messages take: at 2 ranks, one each (see second_connection).
+    lines = [None] * p if p != 2 else [None, second_connection(comm.group)]
 
     def receive(i: int):
         piece = arrivals[i][1]
         into = inboxes[i % 2][: piece.numel()] if i < added else piece
-        return comm.irecv(into, left), into
+        return comm.irecv(into, left, via=lines[left]), into
 
-    # Step 0: my own chunk r, sent before any receive is posted, so that gloo's I/O thread moves
-    # it (a send that meets a posted receive is written by the sending thread; see the README).
-    sends = [comm.isend(piece, right) for piece in pieces[r]]
-    # Kept until the end: gloo wakes the waiting thread before its I/O thread has let go of the
-    # buffer, and freeing the handle at once spins until it has (gloo/common/memory.h), which
-    # cost 0.1-0.2 ms of CPU a call here.
+    def send(piece: Tensor):
+        return comm.isend(piece, right, via=lines[r])
+
+    # Receive handles are kept until the end: gloo wakes the waiting thread before its I/O thread
+    # has let go of the buffer, and freeing the handle at once spins until it has
+    # (gloo/common/memory.h), which cost 0.1-0.2 ms of CPU a call here.
     recvs, i = [receive(0)], 0
+    # Step 0: my own chunk r, after the first receive is posted. A send that meets a posted
+    # receive is written by the sending thread, holding its connection's lock; when both
+    # directions shared one connection that stalled the other's reads, and sending first measured
+    # faster. Each on its own connection, posting the receive first is (see the README).
+    sends = [send(piece) for piece in pieces[r]]
     for t in range(steps):
         start, reduce = comm.now(), t < p - 1
         for piece in pieces[(r - t - 1) % p]:
@@ -69,7 +105,7 @@ def _fast_ring_all_reduce(flat: Tensor, comm: Comm, segment_bytes: int = SEGMENT
             if reduce:
                 piece += into
             if t + 1 < steps:  # pass it on: it is what step t + 1 sends
-                sends.append(comm.isend(piece, right))
+                sends.append(send(piece))
             i += 1
         out = (r - t) % p
         comm.log(

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 import minidp
 from minidp.collectives import ALGORITHMS, Transfer, ring_all_reduce
-from minidp.fast_ring import fast_ring_all_reduce
+from minidp.fast_ring import fast_ring_all_reduce, second_connection
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -121,6 +121,39 @@ def test_subgroup_and_the_ranks_outside_it(name):
     for _, record in results[:1] + results[2:]:
         # Members are numbered within the group (0, 1, 2), and send only to each other.
         assert record and {t.src for t in record} | {t.dst for t in record} <= {0, 1, 2}
+
+
+def _two_ranks_on_connections(members: list[int]) -> tuple[list[float], bool, bool, int]:
+    """The fast ring on a group of two, six times: its sums, whether it has a second connection
+    and kept the same one, and how many threads the process gained after the first call."""
+    group = None if len(members) == dist.get_world_size() else dist.new_group(members)
+    sums = []
+    for call in range(6):
+        x = torch.arange(5.0) + 10 * dist.get_rank() + call
+        fast_ring_all_reduce(x, group=group)
+        sums.append(x.tolist())
+        if call == 0:
+            line, threads = second_connection(group), psutil.Process().num_threads()
+    same = second_connection(group) is line
+    return sums, line is not None, same, psutil.Process().num_threads() - threads
+
+
+def test_fast_ring_at_two_ranks_makes_its_second_connection_once():
+    # A group (and its threads) per call would be a leak; the sums must not depend on the line.
+    for rank, (sums, made, same, more_threads) in enumerate(
+        minidp.launch(_two_ranks_on_connections, 2, [0, 1], timeout=30)
+    ):
+        assert sums == [[2 * i + 10 + 2 * call for i in range(5)] for call in range(6)], rank
+        assert made and same and more_threads == 0
+
+
+def test_fast_ring_on_two_ranks_of_a_larger_world_keeps_one_connection():
+    # Making a group takes every rank of the world, and rank 1 takes no part here.
+    results = minidp.launch(_two_ranks_on_connections, 3, [0, 2], timeout=30)
+    member = [[2 * i + 20 + 2 * call for i in range(5)] for call in range(6)]
+    outside = [[i + 10 + call for i in range(5)] for call in range(6)]
+    assert [sums for sums, *_ in results] == [member, outside, member]
+    assert [made for _, made, _, _ in results] == [False, False, False]
 
 
 def _record_ring(name: str, numel: int) -> list[Transfer]:

@@ -59,8 +59,8 @@ class Comm:
     def _global(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
-    # `via`: another group over the same ranks, in the same order, whose connections carry the
-    # message instead of this one's (the fast ring's second connection at 2 ranks).
+    # `via`: another group over the same ranks, whose connections carry the message instead of
+    # this one's (the fast ring's second connection at 2 ranks). Ranks stay this group's.
     def isend(self, tensor: Tensor, dst: int, tag: int = 0, via=None):
         return dist.isend(
             tensor, self._global(dst), group=self.group if via is None else via, tag=tag

@@ -123,28 +123,34 @@ def test_subgroup_and_the_ranks_outside_it(name):
         assert record and {t.src for t in record} | {t.dst for t in record} <= {0, 1, 2}
 
 
-def _two_ranks_on_connections(members: list[int]) -> tuple[list[float], bool, bool, int]:
-    """The fast ring on a group of two, six times: its sums, whether it has a second connection
-    and kept the same one, and how many threads the process gained after the first call."""
-    group = None if len(members) == dist.get_world_size() else dist.new_group(members)
-    sums = []
+def _two_ranks_on_connections(members: list[int], explicit: bool = False):
+    """The fast ring on a group of two, six times: its sums, how many threads the process gained
+    in the first call (a group's worth if the ring made its second connection) and in the five
+    after it, and whether the group has a second connection."""
+    group = (
+        None if len(members) == dist.get_world_size() and not explicit else dist.new_group(members)
+    )
+    sums, start = [], psutil.Process().num_threads()
     for call in range(6):
         x = torch.arange(5.0) + 10 * dist.get_rank() + call
         fast_ring_all_reduce(x, group=group)
         sums.append(x.tolist())
         if call == 0:
-            line, threads = second_connection(group), psutil.Process().num_threads()
-    same = second_connection(group) is line
-    return sums, line is not None, same, psutil.Process().num_threads() - threads
+            after_first = psutil.Process().num_threads()
+    after_all = psutil.Process().num_threads()
+    has_line = second_connection(group) is not None  # the ring's own by now, if it has one
+    return sums, after_first - start, after_all - after_first, has_line
 
 
-def test_fast_ring_at_two_ranks_makes_its_second_connection_once():
-    # A group (and its threads) per call would be a leak; the sums must not depend on the line.
-    for rank, (sums, made, same, more_threads) in enumerate(
-        minidp.launch(_two_ranks_on_connections, 2, [0, 1], timeout=30)
+@pytest.mark.parametrize("explicit", [False, True], ids=["world", "world-sized group"])
+def test_fast_ring_at_two_ranks_makes_its_second_connection_once(explicit):
+    # The first call makes it (a gloo group starts threads of its own); a group per call would
+    # be a leak. The sums must not depend on which connection carries what.
+    for rank, (sums, first, later, has_line) in enumerate(
+        minidp.launch(_two_ranks_on_connections, 2, [0, 1], explicit, timeout=30)
     ):
         assert sums == [[2 * i + 10 + 2 * call for i in range(5)] for call in range(6)], rank
-        assert made and same and more_threads == 0
+        assert first > 0 and later == 0 and has_line
 
 
 def test_fast_ring_on_two_ranks_of_a_larger_world_keeps_one_connection():
@@ -153,7 +159,9 @@ def test_fast_ring_on_two_ranks_of_a_larger_world_keeps_one_connection():
     member = [[2 * i + 20 + 2 * call for i in range(5)] for call in range(6)]
     outside = [[i + 10 + call for i in range(5)] for call in range(6)]
     assert [sums for sums, *_ in results] == [member, outside, member]
-    assert [made for _, made, _, _ in results] == [False, False, False]
+    assert [(first, later, has_line) for _, first, later, has_line in results] == [
+        (0, 0, False)
+    ] * 3
 
 
 def _record_ring(name: str, numel: int) -> list[Transfer]:

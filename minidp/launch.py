@@ -15,12 +15,19 @@ environment variables, so code written for one runs under the other.
 
 Nothing outlives a launch: each worker leads a process group, ended whole on every path, and
 every pipe is closed, start-up failures included (see minidp/workers.py).
+
+The workers meet through a file, torch's FileStore, not through a TCPStore on a port as torchrun's
+do: a TCPStore asks the name service (DNS) for the name of every address that connects to it, and
+where an answer is lost or slow (a Kubernetes node, a laptop offline) each costs seconds; a file
+asks nobody. So a launch sets torchrun's variables but MASTER_ADDR and MASTER_PORT.
 """
 
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
@@ -31,7 +38,6 @@ import torch.distributed as dist
 
 from minidp.workers import Workers, become_worker
 
-LOOPBACK = "127.0.0.1"
 RENDEZVOUS_S = 60.0  # the least time workers get to find each other, whatever `timeout` is
 ECHO_S = 0.2  # how long to wait for the partners' errors after a first failure
 
@@ -47,25 +53,24 @@ class WorkerError(RuntimeError):
 # ---- inside a worker
 
 
-def _worker(fn: Callable, rank: int, world_size: int, options: dict, args, kwargs, out_fd, conn):
+def _worker(
+    fn: Callable, rank: int, world_size: int, store: str, options: dict, args, kwargs, out_fd, conn
+):
     """Body of one worker process: join the group, run fn, report back."""
     become_worker(out_fd)
-    port = conn.recv()  # the rendezvous store's port, known once every worker is forked
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
         GROUP_RANK="0",  # one node: this machine
-        MASTER_ADDR=LOOPBACK,
-        MASTER_PORT=str(port),
         OMP_NUM_THREADS=str(options["threads"]),
         MINIDP_DEVICE="cpu",
         GLOO_SOCKET_IFNAME="lo",  # loopback only, whatever interfaces the machine has
     )
     torch.set_num_threads(options["threads"])
     try:
-        _join_group(rank, world_size, port, options)
+        _join_group(rank, world_size, store, options)
         result = fn(*args, **kwargs)
         if dist.is_initialized():  # unless fn ended the group itself
             dist.barrier()  # no rank leaves while another still needs it in a collective
@@ -80,15 +85,16 @@ def _worker(fn: Callable, rank: int, world_size: int, options: dict, args, kwarg
         conn.close()
 
 
-def _join_group(rank: int, world_size: int, port: int, options: dict) -> None:
-    """Connect to the launcher's rendezvous store and make the process group.
+def _join_group(rank: int, world_size: int, path: str, options: dict) -> None:
+    """Open the launch's rendezvous store, a file, and make the process group.
 
     On a busy machine workers may need seconds to get here, so they first wait for each other on
     the store, for up to RENDEZVOUS_S; only then is the group made, with the caller's (perhaps
     much shorter) timeout, which gloo applies to every later collective and send/recv, as well
     as to its own quick connection set-up.
     """
-    store = dist.TCPStore(LOOPBACK, port, is_master=False, timeout=timedelta(seconds=RENDEZVOUS_S))
+    store = dist.FileStore(path, world_size)
+    store.set_timeout(timedelta(seconds=RENDEZVOUS_S))
     if store.add("arrived", 1) == world_size:
         store.set("all arrived", "yes")
     store.wait(["all arrived"])
@@ -134,21 +140,20 @@ def launch(
     import torch._dynamo  # noqa: F401
 
     options = {"timeout": timeout, "threads": threads, "backend": backend}
-    workers, store = Workers(sys.stdout), None
+    # A folder of its own for each launch's store file, so that launches never collide; it goes
+    # with the workers, whatever ends them.
+    folder = tempfile.mkdtemp(prefix="minidp-launch-")
+    store = os.path.join(folder, "store")
+    workers = Workers(sys.stdout)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         for rank in range(world_size):
-            workers.fork(rank, _worker, (fn, rank, world_size, options, args, kwargs))
-        # The store starts only now: forking while its server thread runs could copy a held lock
-        # into a child and hang it. Port 0 lets the OS pick a free port, so launches never collide.
-        store = dist.TCPStore(LOOPBACK, 0, world_size, is_master=True, wait_for_workers=False)
-        for worker in workers.started:
-            worker.report.send(store.port)
+            workers.fork(rank, _worker, (fn, rank, world_size, store, options, args, kwargs))
         return _collect(workers)
     finally:
         workers.end()
-        del store
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _collect(workers: Workers) -> list:

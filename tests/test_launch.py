@@ -5,6 +5,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -16,7 +17,7 @@ import torch.distributed as dist
 
 import minidp
 from minidp import WorkerError, launch, read_env
-from minidp.workers import GRACE_S
+from minidp.workers import GRACE_S, Workers
 
 pytestmark = pytest.mark.usefixtures("no_orphans")
 
@@ -204,20 +205,20 @@ def test_a_second_ctrl_c_hurries_the_clean_up_instead_of_stopping_it(tmp_path):
     assert float(out.split()[-1]) - second < 1.0  # SIGKILL at once, not after the grace period
 
 
-REAL_STORE = dist.TCPStore
+REAL_FORK = Workers.fork
 
 
-def _fails_at_start(*args, **kwargs):
-    if kwargs.get("is_master"):
-        raise RuntimeError("no port for the store, on purpose")
-    return REAL_STORE(*args, **kwargs)
+def _second_fork_fails(self, rank, *args):
+    if rank == 1:
+        raise RuntimeError("no second process, on purpose")
+    return REAL_FORK(self, rank, *args)
 
 
 def test_fds_and_threads_stay_flat_over_failing_launches(monkeypatch):
     def failing_launch(i: int) -> None:
         with monkeypatch.context() as patch:
-            if i % 2:  # a failure at start-up, with the workers already forked
-                patch.setattr(dist, "TCPStore", _fails_at_start)
+            if i % 2:  # a failure at start-up, with rank 0 already forked and waiting for rank 1
+                patch.setattr(Workers, "fork", _second_fork_fails)
             with pytest.raises((WorkerError, RuntimeError), match="on purpose"):
                 launch(_fails_on_rank_one, 2)
 
@@ -228,6 +229,39 @@ def test_fds_and_threads_stay_flat_over_failing_launches(monkeypatch):
     for i in range(20):
         failing_launch(i)
     assert (me.num_fds(), me.num_threads(), threading.active_count()) == before
+
+
+def _listening_ports(pid: int) -> list[int]:
+    connections = psutil.Process(pid).net_connections(kind="inet")
+    return [c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN]
+
+
+def test_the_workers_meet_through_a_file_not_on_a_port():
+    # A TCPStore asks DNS for the name of each address that connects to it: where an answer is
+    # lost, a launch took 5 s more (1 launch in 15 on this project's CI machines).
+    def look():
+        launcher = os.getppid()
+        return _listening_ports(launcher), "MASTER_PORT" in os.environ, "MASTER_ADDR" in os.environ
+
+    assert _listening_ports(os.getpid()) == []
+    assert launch(look, 2) == [([], False, False)] * 2
+
+
+def test_the_rendezvous_file_goes_with_the_launch(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes its folders
+    # (torch may make a folder of its own there too: only the launch's are counted)
+    folders = lambda: [f for f in os.listdir(tmp_path) if f.startswith("minidp-launch-")]
+
+    assert launch(lambda: [os.listdir(tmp_path / f) for f in folders()], 2) == [[["store"]]] * 2
+    assert folders() == []
+    with pytest.raises(WorkerError, match="on purpose"):
+        launch(_fails_on_rank_one, 2)
+    with pytest.raises(WorkerError, match="Timed out|timed out|Timeout"):
+        launch(_hangs, 2, timeout=1)
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="on purpose"):
+        patch.setattr(Workers, "fork", _second_fork_fails)
+        launch(_fails_on_rank_one, 2)
+    assert folders() == []
 
 
 def test_a_child_that_leaves_the_group_is_out_of_reach_but_holds_nothing_up():

@@ -4,8 +4,8 @@
     env.rank, env.local_rank, env.world_size, env.device, env.backend
 
 torchrun describes the job in environment variables: RANK (global), LOCAL_RANK (on this node:
-which GPU), WORLD_SIZE, MASTER_ADDR and MASTER_PORT. `minidp.launch` sets the same but the last
-two, as its workers are already in their group when their code starts.
+which GPU), WORLD_SIZE, MASTER_ADDR and MASTER_PORT. `minidp.launch` sets the same except the
+last two, as its workers are already in their group when their code starts.
 This module is the only place in minidp that reads them; everything else is handed a `DistEnv`
 or a process group, so the same code runs in a test with world size 1 (pytorch/examples'
 multigpu_torchrun.py keeps its Trainer free of the environment the same way).
@@ -38,10 +38,11 @@ _COPIES = {
 
 def check_launch(environ: dict | None = None) -> None:
     """Raise LaunchError (one line, with the fix) for a job that torchrun did not start right."""
-    if environ is None and dist.is_available() and dist.is_initialized():
-        return  # in a group already (minidp.launch's workers): these processes found each other
+    # In a group already (minidp.launch's workers, which meet through a file), this process has
+    # found the others without MASTER_ADDR.
+    in_group = environ is None and dist.is_available() and dist.is_initialized()
     environ = os.environ if environ is None else environ
-    if "RANK" in environ and "MASTER_ADDR" not in environ:
+    if "RANK" in environ and "MASTER_ADDR" not in environ and not in_group:
         raise LaunchError(
             "RANK is set but MASTER_ADDR is not, so no process could find the others: start the "
             "job with torchrun (it sets both), or set MASTER_ADDR and MASTER_PORT to rank 0's "

@@ -17,15 +17,14 @@ Nothing outlives a launch: each worker leads a process group, ended whole on eve
 every pipe is closed, start-up failures included (see minidp/workers.py).
 
 The workers meet through a file, torch's FileStore, not through a TCPStore on a port as torchrun's
-do: a TCPStore asks the name service (DNS) for the name of every address that connects to it, and
-where an answer is lost or slow (a Kubernetes node, a laptop offline) each costs seconds; a file
-asks nobody. So a launch sets torchrun's variables but MASTER_ADDR and MASTER_PORT.
+do: a TCPStore looks up the name of the address at both ends of each of its connections, which
+for ::ffff:127.0.0.1 means asking DNS, and a lost answer costs the resolver's 5 s timeout; a file
+asks nobody. So a launch sets torchrun's variables except MASTER_ADDR and MASTER_PORT.
 """
 
 import multiprocessing as mp
 import os
 import pickle
-import shutil
 import sys
 import tempfile
 import traceback
@@ -58,6 +57,8 @@ def _worker(
 ):
     """Body of one worker process: join the group, run fn, report back."""
     become_worker(out_fd)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # an outer job's (a batch script's), not ours
+        os.environ.pop(name, None)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -140,20 +141,20 @@ def launch(
     import torch._dynamo  # noqa: F401
 
     options = {"timeout": timeout, "threads": threads, "backend": backend}
-    # A folder of its own for each launch's store file, so that launches never collide; it goes
-    # with the workers, whatever ends them.
-    folder = tempfile.mkdtemp(prefix="minidp-launch-")
-    store = os.path.join(folder, "store")
-    workers = Workers(sys.stdout)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        for rank in range(world_size):
-            workers.fork(rank, _worker, (fn, rank, world_size, store, options, args, kwargs))
-        return _collect(workers)
-    finally:
-        workers.end()
-        shutil.rmtree(folder, ignore_errors=True)
+    # The store's file, in a folder of its own so that launches never collide, removed however
+    # the launch ends, a Ctrl-C during the workers' clean-up included (only a launcher killed by
+    # SIGKILL leaves it behind, in the temporary folder).
+    with tempfile.TemporaryDirectory(prefix="minidp-launch-", ignore_cleanup_errors=True) as folder:
+        store = os.path.join(folder, "store")
+        workers = Workers(sys.stdout)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            for rank in range(world_size):
+                workers.fork(rank, _worker, (fn, rank, world_size, store, options, args, kwargs))
+            return _collect(workers)
+        finally:
+            workers.end()
 
 
 def _collect(workers: Workers) -> list:
